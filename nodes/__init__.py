@@ -1,0 +1,30 @@
+"""The ComfyUI node layer: thin V1 classes over vsr_core, grouped by role.
+
+Each module is imported on its own: a module that fails (a broken optional dependency, say) is
+reported in the log with the reason, and every other node still registers.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from . import comfy_adapter
+
+log = logging.getLogger("diffusion_vsr")
+
+NODE_MODULES = ("video", "upscale")
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+IMPORT_ERRORS: dict[str, str] = {}
+
+for _name in NODE_MODULES:
+    try:
+        _mod = importlib.import_module(f".{_name}", __name__)
+    except Exception as e:  # keep the rest of the pack usable, say exactly what broke
+        IMPORT_ERRORS[_name] = f"{type(e).__name__}: {e}"
+        log.error("[Diffusion VSR] nodes/%s.py failed to import (%s); its nodes are unavailable.", _name, e)
+        continue
+    NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
+
+comfy_adapter.register_model_folders()

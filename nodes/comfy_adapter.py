@@ -1,0 +1,236 @@
+"""The one place where the node pack touches ComfyUI.
+
+Progress bar, interrupt, compute device, folders (input/output/temp/models) and the model-folder
+registration. Every function works without ComfyUI too (plain folders, a no-op progress bar, the
+CUDA-if-available device), so every node can be called in tests and scripts. ComfyUI modules are
+imported lazily, on first use, never at pack import time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger("diffusion_vsr")
+
+# models/vsr/<kind>/ : one folder per kind of weight file, each a folder_paths key "vsr_<kind>"
+MODEL_KINDS = ("flow", "upscaler", "sd_x4", "stablevsr", "upscale_a_video", "mgld", "satec")
+MODEL_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
+
+_overrides: dict[str, str] = {}
+
+
+@lru_cache(maxsize=1)
+def _comfy():
+    """(folder_paths, model_management, utils) when running inside ComfyUI, else None."""
+    try:
+        import comfy.model_management as model_management
+        import comfy.utils as utils
+        import folder_paths
+    except Exception:  # ImportError, or a ComfyUI that fails to import outside its server
+        return None
+    return folder_paths, model_management, utils
+
+
+def has_comfy() -> bool:
+    return _comfy() is not None
+
+
+# ----------------------------------------------------------------------------------- folders
+
+def set_directory(kind: str, path: str | os.PathLike) -> None:
+    """Override a folder ("input", "output", "temp", "models") when running without ComfyUI (tests, scripts)."""
+    _overrides[kind] = str(path)
+
+
+def _directory(kind: str) -> str:
+    if kind in _overrides:
+        return _overrides[kind]
+    c = _comfy()
+    if c is not None:
+        fp = c[0]
+        return {"input": fp.get_input_directory, "output": fp.get_output_directory,
+                "temp": fp.get_temp_directory, "models": lambda: fp.models_dir}[kind]()
+    return os.environ.get(f"VSR_{kind.upper()}_DIR", os.path.join(os.getcwd(), kind))
+
+
+def input_dir() -> str:
+    return _directory("input")
+
+
+def output_dir() -> str:
+    return _directory("output")
+
+
+def temp_dir() -> str:
+    return _directory("temp")
+
+
+def allowed_roots() -> list[Path]:
+    """Folders a node may read user-given paths from: ComfyUI's input, output and temp folders, plus
+    any listed in the ``VSR_ALLOWED_DIRS`` environment variable (os.pathsep-separated)."""
+    roots = [input_dir(), output_dir(), temp_dir()]
+    roots += [p for p in os.environ.get("VSR_ALLOWED_DIRS", "").split(os.pathsep) if p]
+    return [Path(r).resolve() for r in roots]
+
+
+def resolve_user_path(path: str) -> Path:
+    """Resolve a path typed into a node; refuse anything outside ``allowed_roots()``.
+
+    A ComfyUI server can be reachable by others, so a path widget must not read arbitrary files.
+    Relative paths and ComfyUI annotations ("clip.mp4 [output]") are resolved against the folders.
+    """
+    raw = path.strip().strip('"').strip("'")
+    m = re.fullmatch(r"(.*?)\s*\[(input|output|temp)\]", raw)
+    if m:
+        candidate = Path(_directory(m.group(2))) / m.group(1)
+    else:
+        candidate = Path(os.path.expanduser(raw))
+        if not candidate.is_absolute():
+            candidate = Path(input_dir()) / candidate
+    resolved = candidate.resolve()
+    roots = allowed_roots()
+    if not any(resolved == r or r in resolved.parents for r in roots):
+        raise PermissionError(
+            f"{resolved} is outside the folders this node may read ({', '.join(str(r) for r in roots)}). "
+            "Copy the file into ComfyUI's input folder, or add its folder to the VSR_ALLOWED_DIRS "
+            "environment variable before starting ComfyUI.")
+    return resolved
+
+
+def list_input_files(extensions: tuple[str, ...]) -> list[str]:
+    """Files (relative names) in the input folder with one of ``extensions``, sorted."""
+    root = Path(input_dir())
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.rglob("*"):
+        if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."):
+            out.append(p.relative_to(root).as_posix())
+    return sorted(out)
+
+
+def save_path(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
+    """(folder, base filename, counter, subfolder) for a new output, ComfyUI's prefix/counter convention.
+
+    "VSR/video" -> output/VSR/video_00001.mp4, then _00002, ... (never overwrites).
+    """
+    out_root = output_dir()
+    c = _comfy()
+    if c is not None and "output" not in _overrides:
+        folder, filename, counter, subfolder, _ = c[0].get_save_image_path(filename_prefix, out_root, width, height)
+        return Path(folder), filename, counter, subfolder
+    subfolder, filename = os.path.split(os.path.normpath(filename_prefix))
+    folder = Path(out_root) / subfolder
+    if not folder.resolve().is_relative_to(Path(out_root).resolve()):
+        raise ValueError(f"filename_prefix {filename_prefix!r} points outside the output folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(filename) + r"_(\d{5})")
+    counters = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name.lstrip(".")))]
+    return folder, filename, max(counters, default=0) + 1, subfolder
+
+
+def register_model_folders() -> None:
+    """Register ``models/vsr/<kind>/`` as folder_paths keys ``vsr_<kind>`` (no-op without ComfyUI).
+
+    Keys a user already defined in extra_model_paths.yaml are kept and get our extensions added.
+    """
+    c = _comfy()
+    if c is None:
+        return
+    fp = c[0]
+    for kind in MODEL_KINDS:
+        key = f"vsr_{kind}"
+        default = os.path.join(fp.models_dir, "vsr", kind)
+        if key in fp.folder_names_and_paths:
+            paths, exts = fp.folder_names_and_paths[key]
+            if default not in paths:
+                paths.append(default)
+            if exts:  # an empty set means "every file" in folder_paths: leave that as it is
+                exts.update(MODEL_EXTENSIONS)
+        else:
+            fp.folder_names_and_paths[key] = ([default], set(MODEL_EXTENSIONS))
+
+
+def model_folders(kind: str) -> list[str]:
+    """The folders searched for ``kind`` weights (ComfyUI's, or ``VSR_MODELS_DIR``/vsr/<kind>)."""
+    c = _comfy()
+    if c is not None and "models" not in _overrides:
+        try:
+            return list(c[0].get_folder_paths(f"vsr_{kind}"))
+        except KeyError:
+            pass
+    return [os.path.join(_directory("models"), "vsr", kind)]
+
+
+def list_models(kind: str) -> list[str]:
+    """Weight files (relative names) available for ``kind``, sorted."""
+    names = set()
+    for folder in model_folders(kind):
+        root = Path(folder)
+        if root.is_dir():
+            names.update(p.relative_to(root).as_posix() for p in root.rglob("*")
+                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+    return sorted(names)
+
+
+def model_path(kind: str, name: str) -> Path:
+    """Full path of a weight file listed by ``list_models``; a clear error says where it should be."""
+    for folder in model_folders(kind):
+        p = Path(folder) / name
+        if p.exists():
+            return p
+    raise FileNotFoundError(f"model file {name!r} not found in {model_folders(kind)}: put it in "
+                            f"ComfyUI/models/vsr/{kind}/ (or a 'vsr_{kind}' entry of extra_model_paths.yaml)")
+
+
+# ----------------------------------------------------------------------------- runtime
+
+def get_device():
+    """ComfyUI's compute device (honours --cpu), else CUDA when available, else the CPU."""
+    import torch
+
+    c = _comfy()
+    if c is not None:
+        return c[1].get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str = "auto"):
+    """A device from a node's "device" widget: "auto" follows ComfyUI, otherwise the given name."""
+    import torch
+
+    return get_device() if name in ("auto", "", None) else torch.device(name)
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel (no-op without ComfyUI)."""
+    c = _comfy()
+    if c is not None:
+        c[1].throw_exception_if_processing_interrupted()
+
+
+def soft_empty_cache() -> None:
+    c = _comfy()
+    if c is not None:
+        c[1].soft_empty_cache()
+
+
+class Progress:
+    """A ``(done, total)`` callable driving ComfyUI's progress bar; each call is also a cancel point."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.total = max(int(total), 1)
+        self.done = 0
+        c = _comfy()
+        self._bar = c[2].ProgressBar(self.total, node_id=node_id) if c is not None else None
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = max(int(total), 1)
+        self.done = int(done)
+        if self._bar is not None:
+            self._bar.update_absolute(self.done, self.total)
+        check_interrupt()

@@ -1,0 +1,3 @@
+"""Constants shared by the node modules."""
+
+CATEGORY = "Diffusion VSR"

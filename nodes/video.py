@@ -1,0 +1,168 @@
+"""Video in and out of the graph: VSR_LoadVideoFrames and VSR_SaveVideo."""
+from __future__ import annotations
+
+import os
+
+from vsr_core.io import (OUTPUT_FORMATS, PIXEL_FORMATS, VIDEO_EXTENSIONS, FrameSelection, load_audio, load_video,
+                         probe, save_video, target_size)
+from vsr_core.io.frames import check_image
+
+from . import comfy_adapter as comfy
+from .common import CATEGORY
+
+RESIZE_MODES = ["none", "multiple_of_8", "custom"]
+
+
+def _source_path(video: str, path: str) -> str:
+    """The file a load reads: the typed path when given (checked against the allowed folders), else the
+    chosen input-folder file."""
+    if path and path.strip():
+        return str(comfy.resolve_user_path(path))
+    if not video:
+        raise ValueError("no video chosen: upload one (or put it in ComfyUI's input folder) or type a path")
+    return str(comfy.resolve_user_path(video))
+
+
+class VSR_LoadVideoFrames:
+    DESCRIPTION = ("Load a video as frames (IMAGE), streaming: only the selected frames are kept in memory, and a "
+                   "request that would not fit in free RAM is refused before decoding. Outputs the frame count, the "
+                   "frame rate of the loaded frames, the audio of the same span, and a VSR_VIDEO_INFO record that "
+                   "streaming nodes use to re-read the file.")
+    CATEGORY = f"{CATEGORY}/io"
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "INT", "FLOAT", "AUDIO", "VSR_VIDEO_INFO")
+    RETURN_NAMES = ("frames", "frame_count", "fps", "audio", "video_info")
+    OUTPUT_TOOLTIPS = ("The selected frames, [frames, height, width, 3] float in 0..1.",
+                       "Number of frames loaded.",
+                       "Frame rate of the loaded frames (source fps / select_every_nth).",
+                       "The audio of the loaded span, or None when the file has no sound.",
+                       "Source path, size, fps, frame count and the selection used.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "video": (comfy.list_input_files(VIDEO_EXTENSIONS),
+                          {"video_upload": True, "tooltip": "A video in ComfyUI's input folder (upload to add one)."}),
+                "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "step": 1,
+                                           "tooltip": "At most this many frames are returned (0 = all). Use it to "
+                                                      "try settings on a short piece first."}),
+                "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "step": 1,
+                                              "tooltip": "Frames skipped at the start of the video."}),
+                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000, "step": 1,
+                                             "tooltip": "Keep one frame in n (after skipping); the fps output is "
+                                                        "divided by n so playback speed is unchanged."}),
+                "resize": (RESIZE_MODES, {"default": "none",
+                                          "tooltip": "none: source size. multiple_of_8: nearest size divisible by 8 "
+                                                     "(what latent models need). custom: custom_width x "
+                                                     "custom_height (0 keeps the aspect ratio)."}),
+                "custom_width": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8,
+                                         "tooltip": "Width for resize=custom (0 = from height and aspect ratio)."}),
+                "custom_height": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8,
+                                          "tooltip": "Height for resize=custom (0 = from width and aspect ratio)."}),
+            },
+            "optional": {
+                "path": ("STRING", {"default": "", "tooltip": "A path to read instead of the chosen file (inside "
+                                                              "ComfyUI's input/output/temp folders or VSR_ALLOWED_DIRS)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, video="", path="", **kwargs):
+        try:
+            src = _source_path(video, path)
+            st = os.stat(src)
+            return f"{src}:{st.st_mtime_ns}:{st.st_size}"
+        except Exception:
+            return float("nan")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, video="", path=""):
+        # only the two inputs named here skip ComfyUI's built-in checks (the file list is ours to check)
+        try:
+            src = _source_path(video, path)
+        except (ValueError, PermissionError) as e:
+            return str(e)
+        if not os.path.isfile(src):
+            return f"video file not found: {src}"
+        return True
+
+    def load(self, video, frame_load_cap=0, skip_first_frames=0, select_every_nth=1, resize="none",
+             custom_width=0, custom_height=0, path="", unique_id=None):
+        src = _source_path(video, path)
+        info = probe(src)
+        selection = FrameSelection(skip_first=skip_first_frames, nth=select_every_nth, cap=frame_load_cap)
+        size = target_size(info.width, info.height, resize, custom_width, custom_height)
+        bar = comfy.Progress(max(selection.count(info.num_frames), 1), unique_id)
+        frames, info = load_video(src, selection, size=size, progress=bar)
+        audio = None
+        if info.has_audio:
+            start = skip_first_frames / info.fps if info.fps else 0.0
+            audio = load_audio(src, start=start, duration=frames.shape[0] / info.loaded_fps)
+        return (frames, frames.shape[0], float(info.loaded_fps), audio, info)
+
+
+class VSR_SaveVideo:
+    DESCRIPTION = ("Save frames as a video (H.264/H.265 mp4, lossless FFV1 mkv, or a PNG sequence) in ComfyUI's "
+                   "output folder with the usual prefix counter, with optional audio, and show it on the node. "
+                   "The file is written under a temporary name and renamed when complete, so a cancelled or failed "
+                   "run never leaves a half-written file.")
+    CATEGORY = f"{CATEGORY}/io"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("filename",)
+    OUTPUT_TOOLTIPS = ("Full path of the written video (or PNG folder).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Frames to encode."}),
+                "fps": ("FLOAT", {"default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01,
+                                  "tooltip": "Frame rate; connect the loader's fps output to keep the source rate."}),
+                "filename_prefix": ("STRING", {"default": "VSR/video",
+                                               "tooltip": "Subfolder/name in the output folder; a counter is added."}),
+                "format": (list(OUTPUT_FORMATS), {"default": "mp4 (h264)",
+                                                   "tooltip": "mp4 (h264) plays everywhere; h265 is smaller; ffv1 mkv "
+                                                              "is lossless (large); png sequence writes one file per "
+                                                              "frame."}),
+                "crf": ("INT", {"default": 19, "min": 0, "max": 51, "step": 1,
+                                "tooltip": "Quality for h264/h265: lower is better and larger (17-23 is typical)."}),
+                "pix_fmt": (list(PIXEL_FORMATS), {"default": "yuv420p",
+                                                  "tooltip": "yuv420p plays everywhere; yuv444p keeps full colour "
+                                                             "resolution; yuv420p10le keeps 10-bit precision."}),
+            },
+            "optional": {
+                "audio": ("AUDIO", {"tooltip": "Sound to mux (e.g. the loader's audio output)."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
+        }
+
+    def save(self, images, fps, filename_prefix="VSR/video", format="mp4 (h264)", crf=19, pix_fmt="yuv420p",
+             audio=None, prompt=None, extra_pnginfo=None, unique_id=None):
+        images = check_image(images)
+        T, H, W, _ = images.shape
+        folder, name, counter, subfolder = comfy.save_path(filename_prefix, W, H)
+        ext = OUTPUT_FORMATS[format][0]
+        target = folder / f"{name}_{counter:05d}{ext}"
+        metadata = {}
+        if prompt is not None:
+            metadata["prompt"] = prompt
+        if extra_pnginfo:
+            metadata.update(extra_pnginfo)
+        bar = comfy.Progress(T, unique_id)
+        path = save_video(images, target, fps, fmt=format, crf=crf, pix_fmt=pix_fmt, audio=audio,
+                          metadata=metadata, progress=bar)
+        if ext:
+            shown = {"filename": path.name, "subfolder": subfolder, "type": "output"}
+        else:  # a PNG sequence shows its first frame
+            shown = {"filename": "frame_000001.png", "subfolder": "/".join(filter(None, [subfolder, path.name])),
+                     "type": "output"}
+        ui = {"images": [shown], "animated": (bool(ext),)}
+        return {"ui": ui, "result": (str(path),)}
+
+
+NODE_CLASS_MAPPINGS = {"VSR_LoadVideoFrames": VSR_LoadVideoFrames, "VSR_SaveVideo": VSR_SaveVideo}
+NODE_DISPLAY_NAME_MAPPINGS = {"VSR_LoadVideoFrames": "Load Video Frames (VSR)", "VSR_SaveVideo": "Save Video (VSR)"}

@@ -1,0 +1,1 @@
+"""Model loading: official file formats, key remaps, safe checkpoint reading."""

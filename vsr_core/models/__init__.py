@@ -1,0 +1,1 @@
+"""Network architectures (config-driven modules, diffusers style)."""

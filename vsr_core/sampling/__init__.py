@@ -1,0 +1,1 @@
+"""Schedules, the sampling loop, denoiser wrappers and temporal hooks."""
