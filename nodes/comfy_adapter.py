@@ -186,6 +186,28 @@ def model_path(kind: str, name: str) -> Path:
                             f"ComfyUI/models/vsr/{kind}/ (or a 'vsr_{kind}' entry of extra_model_paths.yaml)")
 
 
+_model_cache: dict = {}
+
+
+def cached_model(key, path: str | os.PathLike, load, keep: int = 2):
+    """``load()``'s result, reused while ``path`` is unchanged (same mtime and size).
+
+    Keeps the ``keep`` most recently used models (on whatever device their users leave them,
+    normally the CPU) so that re-running a graph does not re-read weight files.
+    """
+    st = os.stat(path)
+    stamp = (st.st_mtime_ns, st.st_size)
+    hit = _model_cache.pop(key, None)
+    if hit is not None and hit[0] == stamp:
+        _model_cache[key] = hit
+        return hit[1]
+    model = load()
+    _model_cache[key] = (stamp, model)
+    while len(_model_cache) > keep:
+        _model_cache.pop(next(iter(_model_cache)))
+    return model
+
+
 # ----------------------------------------------------------------------------- runtime
 
 def get_device():

@@ -254,3 +254,35 @@ def test_pack_imports_in_a_clean_interpreter_without_comfyui(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "VSR_LoadVideoFrames" in out.stdout
     assert out.stdout.strip().endswith("[]"), "importing the pack must not import heavy optional modules"
+
+
+WITH_COMFY = """
+import sys, importlib.util
+sys.path.insert(0, {comfy!r})
+from comfy.cli_args import args
+args.cpu = True  # what `main.py --cpu` sets before anything imports comfy.model_management
+import folder_paths
+spec = importlib.util.spec_from_file_location('somepack', {init!r}, submodule_search_locations=[{repo!r}])
+m = importlib.util.module_from_spec(spec); sys.modules['somepack'] = m; spec.loader.exec_module(m)
+import importlib
+adapter = importlib.import_module('somepack.nodes.comfy_adapter')
+assert adapter.has_comfy()
+assert folder_paths.get_folder_paths('vsr_flow')[-1].endswith('vsr/flow')
+import nodes  # ComfyUI's own nodes.py must still be the top-level `nodes`
+assert hasattr(nodes, 'NODE_CLASS_MAPPINGS') and 'KSampler' in nodes.NODE_CLASS_MAPPINGS
+print(sorted(m.NODE_CLASS_MAPPINGS))
+"""
+
+
+def test_pack_imports_with_a_real_comfyui_on_sys_path(tmp_path):
+    """Needs a ComfyUI checkout: VSR_COMFYUI_DIR (and VSR_COMFYUI_PYTHON, a python with its requirements)."""
+    import os
+
+    comfy_dir = os.environ.get("VSR_COMFYUI_DIR")
+    if not comfy_dir:
+        pytest.skip("set VSR_COMFYUI_DIR to a ComfyUI checkout (and VSR_COMFYUI_PYTHON) to run this check")
+    python = os.environ.get("VSR_COMFYUI_PYTHON", sys.executable)
+    code = WITH_COMFY.format(comfy=comfy_dir, repo=str(REPO), init=str(REPO / "__init__.py"))
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "VSR_FlowGuidance" in out.stdout
