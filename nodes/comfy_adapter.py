@@ -176,6 +176,16 @@ def list_models(kind: str) -> list[str]:
     return sorted(names)
 
 
+def list_model_dirs(kind: str, marker: str = "unet") -> list[str]:
+    """Model folders (relative names) under the ``kind`` folders that contain ``marker`` (a diffusers layout)."""
+    names = set()
+    for folder in model_folders(kind):
+        root = Path(folder)
+        if root.is_dir():
+            names.update(p.parent.relative_to(root).as_posix() for p in root.rglob(marker) if p.is_dir())
+    return sorted(n for n in names if n != ".")
+
+
 def model_path(kind: str, name: str) -> Path:
     """Full path of a weight file listed by ``list_models``; a clear error says where it should be."""
     for folder in model_folders(kind):
@@ -232,6 +242,23 @@ def check_interrupt() -> None:
     c = _comfy()
     if c is not None:
         c[1].throw_exception_if_processing_interrupted()
+
+
+def make_room(nbytes: int, device) -> None:
+    """Ask ComfyUI to unload other models until ``nbytes`` are free on ``device`` (no-op without ComfyUI)."""
+    c = _comfy()
+    if c is not None and getattr(device, "type", str(device)) != "cpu":
+        c[1].free_memory(int(nbytes), device)
+
+
+def offload_device():
+    """Where weights rest between uses: ComfyUI's choice (CPU unless --gpu-only/--highvram), else the CPU."""
+    import torch
+
+    c = _comfy()
+    if c is not None:
+        return c[1].unet_offload_device()
+    return torch.device("cpu")
 
 
 def soft_empty_cache() -> None:

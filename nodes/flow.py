@@ -34,6 +34,7 @@ class VSR_FlowGuidance:
                    "weights; RAFT (models/vsr/flow/) is more accurate on large or complex motion.")
     CATEGORY = f"{CATEGORY}/flow"
     FUNCTION = "estimate"
+    FILE_COMBOS = ("engine",)
     RETURN_TYPES = ("VSR_FLOW", "IMAGE", "MASK")
     RETURN_NAMES = ("flow", "flow_image", "occlusion")
     OUTPUT_TOOLTIPS = ("Forward/backward flows, occlusion masks and the grid they live on.",

@@ -30,6 +30,7 @@ class VSR_LoadVideoFrames:
                    "streaming nodes use to re-read the file.")
     CATEGORY = f"{CATEGORY}/io"
     FUNCTION = "load"
+    FILE_COMBOS = ("video",)  # options are the user's files: workflow validators skip them
     RETURN_TYPES = ("IMAGE", "INT", "FLOAT", "AUDIO", "VSR_VIDEO_INFO")
     RETURN_NAMES = ("frames", "frame_count", "fps", "audio", "video_info")
     OUTPUT_TOOLTIPS = ("The selected frames, [frames, height, width, 3] float in 0..1.",

@@ -1,0 +1,320 @@
+"""Diffusion nodes of the x4 family: model loader, LR encoder, samplers (StableVSR, per-frame x4), decode."""
+from __future__ import annotations
+
+import torch
+
+from vsr_core.io.frames import check_image, nchw_to_image
+
+from . import comfy_adapter as comfy
+from .common import CATEGORY
+
+DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
+OFFLOAD_CHOICES = ["auto", "keep on GPU", "offload to CPU"]
+SCHEDULERS = ["ddpm", "ddim", "dpmpp_2m"]
+# models/vsr/<kind>/ folders holding the x4-family layouts the loader accepts
+MODEL_KINDS = ("stablevsr", "sd_x4")
+LATENT_KEY = "vsr_lr"
+
+
+def model_choices() -> list[str]:
+    """"<kind>/<folder or file>" for every StableVSR / SD x4 model the user has installed."""
+    out = []
+    for kind in MODEL_KINDS:
+        out += [f"{kind}/{d}" for d in comfy.list_model_dirs(kind, "unet")]
+        if kind == "sd_x4":
+            out += [f"{kind}/{f}" for f in comfy.list_models(kind) if "/" not in f]
+    return out
+
+
+def _resolve_model(choice: str):
+    kind, _, name = choice.partition("/")
+    if kind not in MODEL_KINDS or not name:
+        raise ValueError(f"unknown model choice {choice!r}: expected one of {model_choices() or 'none installed'}")
+    for folder in comfy.model_folders(kind):
+        from pathlib import Path
+
+        p = Path(folder) / name
+        if p.exists():
+            return kind, p
+    raise FileNotFoundError(
+        f"{name!r} not found in {comfy.model_folders(kind)}. StableVSR: download the diffusers folder of "
+        "huggingface.co/claudiom4sir/StableVSR into ComfyUI/models/vsr/stablevsr/StableVSR/. SD x4 upscaler: the "
+        "stabilityai/stable-diffusion-x4-upscaler folder, or its x4-upscaler-ema.safetensors, into "
+        "ComfyUI/models/vsr/sd_x4/.")
+
+
+def _lr_of(latent: dict):
+    cond = latent.get(LATENT_KEY) if isinstance(latent, dict) else None
+    if cond is None:
+        raise ValueError("this LATENT carries no LR conditioning: connect the output of "
+                         "'LR Latent Encoder (VSR)' (VSR_LatentEncoderLR)")
+    return cond
+
+
+def _make_room(model, *names: str) -> None:
+    """Before a run: let ComfyUI unload other models until the named sub-models fit on the device
+    (their weights plus the same again for activations)."""
+    nbytes = sum(p.numel() * p.element_size() for n in names if getattr(model, n, None) is not None
+                 for p in getattr(model, n).parameters())
+    comfy.make_room(2 * nbytes, model.device)
+
+
+def _latent_out(samples: torch.Tensor, cond) -> dict:
+    return {"samples": samples.float().cpu(), LATENT_KEY: cond}
+
+
+class VSR_LoadDiffusionModel:
+    DESCRIPTION = ("Load a diffusion VSR model from ComfyUI/models/vsr/: StableVSR (its diffusers folder: unet, "
+                   "controlnet, vae, text_encoder, tokenizer, scheduler) or the Stable Diffusion x4 upscaler (its "
+                   "diffusers folder or the single x4-upscaler-ema file). Weights load strictly; a missing or wrong file "
+                   "is named in the error with where to get it. Networks rest on the CPU and visit the GPU only while "
+                   "they run.")
+    CATEGORY = f"{CATEGORY}/models"
+    FUNCTION = "load"
+    FILE_COMBOS = ("model",)
+    RETURN_TYPES = ("VSR_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The method's networks, schedulers and settings.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (model_choices(), {"tooltip": "stablevsr/<folder> or sd_x4/<folder or file> under "
+                                                       "ComfyUI/models/vsr/."}),
+                "dtype": (DTYPE_CHOICES, {"default": "auto",
+                                          "tooltip": "Weights and compute precision of the UNet/ControlNet. auto: "
+                                                     "fp16 on GPU, fp32 on CPU. The x4 VAE always decodes in fp32 "
+                                                     "(it overflows in fp16)."}),
+                "offload": (OFFLOAD_CHOICES, {"default": "auto",
+                                              "tooltip": "Where weights rest between uses. auto follows ComfyUI "
+                                                         "(CPU unless --gpu-only/--highvram)."}),
+            },
+        }
+
+    def load(self, model, dtype="auto", offload="auto"):
+        from vsr_core.loaders.diffusion import load_diffusion_model
+
+        kind, path = _resolve_model(model)
+        device = comfy.get_device()
+        if offload == "keep on GPU":
+            rest = device
+        elif offload == "offload to CPU":
+            rest = torch.device("cpu")
+        else:
+            rest = comfy.offload_device()
+        key = ("diffusion", str(path), kind, dtype, str(device), str(rest))
+        weights = path / "unet" if path.is_dir() else path
+        bundle = comfy.cached_model(key, weights, lambda: load_diffusion_model(
+            path, method=kind, dtype=dtype, device=device, offload_device=rest), keep=1)
+        return (bundle,)
+
+
+class VSR_LatentEncoderLR:
+    DESCRIPTION = ("Turn low-resolution frames into the x4 family's LR conditioning: the frames in [-1, 1] on the "
+                   "latent grid (the x4 latent has the LR size), plus the noise augmentation level of the x4 upscaler "
+                   "(ignored for StableVSR, which uses the clean LR). Outputs a LATENT whose 'samples' are the empty "
+                   "latent of the right size, so core latent nodes still compose.")
+    CATEGORY = f"{CATEGORY}/latent"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("lr_latent",)
+    OUTPUT_TOOLTIPS = ("LATENT with the LR conditioning (key 'vsr_lr') for the VSR samplers.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE", {"tooltip": "Low-resolution frames (sizes are rounded down to a multiple of 4)."}),
+                "model": ("VSR_MODEL", {"tooltip": "The model the conditioning is for (its VAE factor and "
+                                                   "low-res scheduler)."}),
+                "noise_level": ("INT", {"default": 20, "min": 0, "max": 350,
+                                        "tooltip": "x4 upscaler noise augmentation (0-350): higher hides "
+                                                   "compression artefacts but invents more. Not used by StableVSR."}),
+            },
+        }
+
+    def encode(self, frames, model, noise_level=20):
+        from vsr_core.sampling.x4 import lr_conditioning
+
+        cond = lr_conditioning(model, check_image(frames), noise_level)
+        h, w = cond.latent_size
+        samples = torch.zeros(cond.num_frames, int(model.config.get("latent_channels", 4)), h, w)
+        return (_latent_out(samples, cond),)
+
+
+class VSR_TemporalVAEDecode:
+    DESCRIPTION = ("Decode VSR latents to frames, a few frames at a time and, for large frames, in blended tiles, so "
+                   "a 4K output decodes on an 8 GB GPU. Modes for the temporal VAE decoders of the other methods "
+                   "come with those methods.")
+    CATEGORY = f"{CATEGORY}/latent"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("Decoded frames, [frames, 4*h, 4*w, 3] in 0..1.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("VSR_MODEL", {"tooltip": "The model whose VAE decodes the latents."}),
+                "latent": ("LATENT", {"tooltip": "Latents from a VSR sampler."}),
+                "frames_per_chunk": ("INT", {"default": 1, "min": 1, "max": 64,
+                                             "tooltip": "Frames decoded at once (more is faster, uses more memory)."}),
+                "tile_size": ("INT", {"default": 128, "min": 0, "max": 1024, "step": 8,
+                                      "tooltip": "Decode in tiles of this many latent pixels (x4 = output pixels) "
+                                                 "when the frame is larger; 0 = whole frames. 128 keeps 4K within "
+                                                 "8 GB."}),
+                "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 128, "step": 2,
+                                         "tooltip": "Latent pixels shared by neighbouring tiles, crossfaded to hide "
+                                                    "seams."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def decode(self, model, latent, frames_per_chunk=1, tile_size=128, tile_overlap=16, unique_id=None):
+        from vsr_core.sampling.decode import decode_latents
+
+        z = latent["samples"]
+        if z.ndim != 4:
+            raise ValueError(f"expected latents [frames, channels, h, w], got {tuple(z.shape)}")
+        bar = comfy.Progress(z.shape[0], unique_id)
+        _make_room(model, "vae")
+        with model.on_device("vae") as (vae,):
+            frames = decode_latents(vae, z, model.scaling_factor, chunk=frames_per_chunk, tile=tile_size,
+                                    overlap=tile_overlap, progress=bar)
+        comfy.soft_empty_cache()
+        return (nchw_to_image(frames),)
+
+
+def _sampler_progress(total: int, unique_id):
+    bar = comfy.Progress(total, unique_id)
+    return lambda done, total, x0=None: bar(done, total)
+
+
+class VSR_StableVSRSampler:
+    DESCRIPTION = ("StableVSR (Rota et al., ECCV 2024): the x4 diffusion upscaler steered by its Temporal Conditioning "
+                   "Module, a ControlNet fed the previous frame's prediction decoded and warped onto the current frame "
+                   "with optical flow, with frame-wise bidirectional sampling (the frame order is reversed every step). "
+                   "Give it the flow of the bicubic x4 frames (Flow Guidance on the upscaled clip), as published.")
+    CATEGORY = f"{CATEGORY}/samplers"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Denoised latents, one per frame; decode with Temporal VAE Decode (VSR).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("VSR_MODEL", {"tooltip": "A StableVSR model (its folder has a controlnet/)."}),
+                "lr": ("LATENT", {"tooltip": "From LR Latent Encoder (VSR)."}),
+                "flow": ("VSR_FLOW", {"tooltip": "Flow of the bicubic x4 frames (Flow Guidance on the upscaled "
+                                                 "clip); any grid is rescaled."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                  "tooltip": "Denoising steps: 50 as published (DDPM); ~20 with dpmpp_2m."}),
+                "scheduler": (SCHEDULERS, {"default": "ddpm",
+                                           "tooltip": "ddpm: as published. ddim / dpmpp_2m: deterministic and "
+                                                      "good with fewer steps."}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Same seed, same result."}),
+                "temporal_conditioning": ("BOOLEAN", {"default": True,
+                                                      "tooltip": "Use the Temporal Conditioning Module (off = the "
+                                                                 "fine-tuned x4 UNet per frame, for comparison)."}),
+                "bidirectional": ("BOOLEAN", {"default": True,
+                                              "tooltip": "Reverse the frame order every step, as published, so "
+                                                         "information flows both ways in time."}),
+                "keep_on_cpu": ("BOOLEAN", {"default": True,
+                                            "tooltip": "Keep per-frame latents on the CPU between uses: identical "
+                                                       "result, GPU memory independent of the clip length."}),
+                "guidance_tile": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 8,
+                                          "tooltip": "Decode the previous-frame guidance in tiles of this many "
+                                                     "latent pixels (0 = whole frame); use 96-128 for large "
+                                                     "frames on small GPUs."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def sample(self, model, lr, flow, steps=50, scheduler="ddpm", seed=42, temporal_conditioning=True,
+               bidirectional=True, keep_on_cpu=True, guidance_tile=0, unique_id=None):
+        from vsr_core.sampling.prompt import prompt_embeddings
+        from vsr_core.sampling.stablevsr import sample_stablevsr
+
+        if model.controlnet is None and temporal_conditioning:
+            raise ValueError(f"this {model.method} model has no ControlNet (Temporal Conditioning Module): load a "
+                             "StableVSR folder, or turn temporal_conditioning off")
+        cond = _lr_of(lr)
+        if flow is not None and flow.num_frames != cond.num_frames:
+            raise ValueError(f"the flow covers {flow.num_frames} frames but the LR latent has {cond.num_frames}: "
+                             "compute both from the same clip")
+        embeds = prompt_embeddings(model, "")
+        _make_room(model, "unet", "controlnet", "vae")
+        callback = _sampler_progress(steps * cond.num_frames, unique_id)
+        z = sample_stablevsr(model, cond, flow, embeds, steps=steps, scheduler=scheduler, seed=seed,
+                             tcm=temporal_conditioning, bidirectional=bidirectional, keep_on_cpu=keep_on_cpu,
+                             guidance_tile=guidance_tile, callback=callback)
+        comfy.soft_empty_cache()
+        return (_latent_out(z, cond),)
+
+
+class VSR_X4PerFrameSampler:
+    DESCRIPTION = ("The Stable Diffusion x4 upscaler applied to each frame on its own (what diffusers' "
+                   "StableDiffusionUpscalePipeline does): the baseline every temporal method is compared against. "
+                   "Works with the x4 upscaler and with StableVSR's UNet (temporal conditioning off).")
+    CATEGORY = f"{CATEGORY}/samplers"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Denoised latents, one per frame; decode with Temporal VAE Decode (VSR).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("VSR_MODEL", {"tooltip": "SD x4 upscaler (or StableVSR, whose UNet is an x4 UNet)."}),
+                "lr": ("LATENT", {"tooltip": "From LR Latent Encoder (VSR); its noise level applies."}),
+                "prompt": ("STRING", {"default": "", "multiline": True,
+                                      "tooltip": "What the frames show; leave empty for StableVSR."}),
+                "negative_prompt": ("STRING", {"default": "", "multiline": True,
+                                               "tooltip": "What to avoid (used when guidance_scale > 1)."}),
+                "guidance_scale": ("FLOAT", {"default": 9.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                             "tooltip": "Classifier-free guidance; 9 is diffusers' default for the "
+                                                        "x4 upscaler, <= 1 turns it off (faster)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
+                "scheduler": (SCHEDULERS, {"default": "ddim", "tooltip": "ddim is the x4 upscaler's own."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Same seed, same result."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def sample(self, model, lr, prompt="", negative_prompt="", guidance_scale=9.0, steps=50, scheduler="ddim",
+               seed=0, unique_id=None):
+        from vsr_core.sampling.prompt import prompt_embeddings
+        from vsr_core.sampling.x4 import sample_per_frame
+
+        cond = _lr_of(lr)
+        embeds = prompt_embeddings(model, prompt)
+        negative = prompt_embeddings(model, negative_prompt) if guidance_scale > 1 else None
+        _make_room(model, "unet")
+        callback = _sampler_progress(steps * cond.num_frames, unique_id)
+        z = sample_per_frame(model, cond, embeds, negative, guidance_scale=guidance_scale, steps=steps,
+                             scheduler=scheduler, seed=seed, callback=callback)
+        comfy.soft_empty_cache()
+        return (_latent_out(z, cond),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "VSR_LoadDiffusionModel": VSR_LoadDiffusionModel,
+    "VSR_LatentEncoderLR": VSR_LatentEncoderLR,
+    "VSR_TemporalVAEDecode": VSR_TemporalVAEDecode,
+    "VSR_StableVSRSampler": VSR_StableVSRSampler,
+    "VSR_X4PerFrameSampler": VSR_X4PerFrameSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "VSR_LoadDiffusionModel": "Load Diffusion VSR Model (VSR)",
+    "VSR_LatentEncoderLR": "LR Latent Encoder (VSR)",
+    "VSR_TemporalVAEDecode": "Temporal VAE Decode (VSR)",
+    "VSR_StableVSRSampler": "StableVSR Sampler (VSR)",
+    "VSR_X4PerFrameSampler": "x4 Per-Frame Sampler (VSR)",
+}

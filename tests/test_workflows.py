@@ -1,0 +1,77 @@
+"""Shipped workflows: valid against the node definitions, up to date, and runnable on tiny models."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pack import load_pack
+from workflow_tools import GRAPHS, build, run_api, to_api, validate
+
+PACK = load_pack()
+MAPPINGS = PACK.NODE_CLASS_MAPPINGS
+WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
+
+
+def test_every_method_workflow_is_shipped():
+    assert {p.stem for p in WORKFLOWS} >= set(GRAPHS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_is_valid_and_up_to_date(path):
+    wf = json.loads(path.read_text())
+    assert wf["version"] == 0.4
+    assert validate(wf, MAPPINGS) == []
+    assert wf == json.loads(json.dumps(build(GRAPHS[path.stem], MAPPINGS))), \
+        "regenerate with: python tests/workflow_tools.py"
+    for model in wf.get("models", []):
+        assert model["url"].startswith("https://") and model["directory"].startswith("vsr/")
+
+
+def test_validator_catches_broken_workflows():
+    wf = build(GRAPHS["StableVSR"], MAPPINGS)
+    sampler = next(n for n in wf["nodes"] if n["type"] == "VSR_StableVSRSampler")
+    bad = copy.deepcopy(wf)
+    next(n for n in bad["nodes"] if n["id"] == sampler["id"])["widgets_values"].pop(3)  # the seed control
+    assert any("widget values" in e for e in validate(bad, MAPPINGS))
+    bad = copy.deepcopy(wf)
+    next(n for n in bad["nodes"] if n["id"] == sampler["id"])["widgets_values"][0] = 0  # steps below min
+    assert any("steps=0 < min" in e for e in validate(bad, MAPPINGS))
+    bad = copy.deepcopy(wf)
+    link = next(l for l in bad["links"] if l[5] == "VSR_FLOW")
+    link[1] = next(n["id"] for n in bad["nodes"] if n["type"] == "VSR_LoadVideoFrames")
+    assert any("wants VSR_FLOW" in e for e in validate(bad, MAPPINGS))
+    bad = copy.deepcopy(wf)
+    bad["nodes"][0]["type"] = "VSR_DoesNotExist"
+    assert any("unknown node type" in e for e in validate(bad, MAPPINGS))
+
+
+def test_stablevsr_workflow_runs_on_tiny_models(tmp_path):
+    import importlib
+
+    from media import indexed_frames, write_video
+
+    from vsr_core.loaders.tiny import write_tiny_stablevsr
+
+    adapter = importlib.import_module(f"{PACK.__name__}.nodes.comfy_adapter")
+    for kind in ("input", "output", "temp", "models"):
+        (tmp_path / kind).mkdir()
+        adapter.set_directory(kind, tmp_path / kind)
+    try:
+        write_tiny_stablevsr(tmp_path / "models" / "vsr" / "stablevsr" / "StableVSR")
+        frames = indexed_frames(4, 16, 24)
+        frames[..., 0] = torch.linspace(0, 255, 24).to(torch.uint8).numpy()  # some texture for the flow
+        write_video(tmp_path / "input" / "input.mp4", frames, fps=12)
+        prompt = to_api(json.loads((WORKFLOWS[0].parent / "StableVSR.json").read_text()), MAPPINGS)
+        sampler = next(k for k, v in prompt.items() if v["class_type"] == "VSR_StableVSRSampler")
+        prompt[sampler]["inputs"]["steps"] = 2
+        out = run_api(prompt, MAPPINGS)
+    finally:
+        adapter._overrides.clear()
+    saved = next(v for k, v in out.items() if prompt[k]["class_type"] == "VSR_SaveVideo")[0]
+    from vsr_core.io import probe
+
+    info = probe(saved)
+    assert (info.width, info.height, info.num_frames) == (96, 64, 4) and info.fps == pytest.approx(12)
