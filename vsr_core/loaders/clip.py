@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from ..models.clip_text import CLIPTextConfig, CLIPTextModel
+from .common import key_mismatches, mismatch_message
 
 __all__ = [
     "CLIPWeightsError",
@@ -560,11 +561,6 @@ def read_text_encoder_state_dict(path: str | Path, prefix: str | None = None) ->
     return sd
 
 
-def _first(keys, n: int = 5) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f" ... (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
 def text_encoder_from_state_dict(
     state_dict: Mapping[str, Tensor],
     config: CLIPTextConfig | Mapping | None = None,
@@ -590,22 +586,12 @@ def text_encoder_from_state_dict(
         layout, sd = "HF CLIPTextModel", hf_text_encoder_keys(state_dict)
     with torch.device("meta"):
         model = CLIPTextModel(config)
-    expected = model.state_dict()
-    missing = set(expected) - set(sd)
-    unexpected = set(sd) - set(expected)
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = [f"text encoder weights {source} ({layout} layout) do not match the config "
-                 f"(hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab {config.vocab_size}):"]
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_first(missing)};")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)};")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es): {', '.join(shapes[:5])};")
-        parts.append(WHERE_TO_GET)
-        raise CLIPWeightsError(" ".join(parts))
+    message = mismatch_message(
+        f"text encoder weights {source} ({layout} layout) do not match the config (hidden {config.hidden_size}, "
+        f"{config.num_hidden_layers} layers, vocab {config.vocab_size}):",
+        *key_mismatches(model.state_dict(), sd), hint=WHERE_TO_GET)
+    if message:
+        raise CLIPWeightsError(message)
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.bundle import DTYPES, VSRModel
+from .common import first_keys, key_mismatches, mismatch_message
 
 __all__ = [
     "LAYOUTS",
@@ -378,12 +379,6 @@ def split_ldm_checkpoint(sd: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor
 
 
 # ------------------------------------------------------------------------------------ strict build
-def _first(keys, limit: int = 6) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def build_strict(cls: type[nn.Module], config: Mapping[str, Any], state_dict: Mapping[str, Tensor],
                  what: str, source: str | Path, hint: str = "") -> nn.Module:
     """Build ``cls.from_config(config)`` and load ``state_dict`` into it with ``strict=True``.
@@ -395,21 +390,10 @@ def build_strict(cls: type[nn.Module], config: Mapping[str, Any], state_dict: Ma
     """
     with torch.device("meta"):
         model = cls.from_config(dict(config))
-    expected = model.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    shapes = [f"{k} {tuple(state_dict[k].shape)} (file) vs {tuple(v.shape)} (config)"
-              for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = [f"{what}: {source} does not match the expected architecture strictly:"]
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_first(missing)};")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)};")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:4])};")
-        parts.append(hint)
-        raise DiffusionWeightsError(" ".join(p for p in parts if p))
+    message = mismatch_message(f"{what}: {source} does not match the expected architecture strictly:",
+                               *key_mismatches(model.state_dict(), state_dict), hint=hint, limit=6)
+    if message:
+        raise DiffusionWeightsError(message)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
@@ -464,7 +448,7 @@ def _check_single_file_keys(path: Path) -> None:
                  if looks_diffusers else "")
         raise DiffusionWeightsError(
             f"{path} is not an x4 upscaler single-file checkpoint: no 'model.diffusion_model.*' keys "
-            f"(first keys: {_first(keys[:6])}).{extra} {ACCEPTED}"
+            f"(first keys: {first_keys(keys[:6], 6)}).{extra} {ACCEPTED}"
         )
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..flow.raft import RAFT, RAFT_LARGE, RAFT_TINY, RAFTConfig
+from .common import mismatch_message
 
 __all__ = [
     "LAYOUTS",
@@ -243,20 +244,8 @@ def _fill_optional(model: RAFT, sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _mismatch_message(name: str, layout: str, missing, unexpected, shapes) -> str:
-    def first(keys) -> str:
-        keys = sorted(keys)
-        more = f" ... (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-        return ", ".join(keys[:5]) + more
-
-    parts = [f"RAFT weights {name} do not match the {layout!r} layout strictly:"]
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {first(missing)};")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {first(unexpected)};")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es): {', '.join(shapes[:5])};")
-    parts.append(WHERE_TO_GET)
-    return " ".join(parts)
+    return mismatch_message(f"RAFT weights {name} do not match the {layout!r} layout strictly:",
+                            missing, unexpected, shapes, hint=WHERE_TO_GET)
 
 
 def load_raft(
