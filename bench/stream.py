@@ -3,7 +3,10 @@
 Each run is a fresh process (so peak RSS is its own), upscaling a synthetic clip file to a file with
 the CLI's streaming path. Peak RAM must stay flat as the clip gets longer.
 
-    python bench/stream.py [--size 270x480] [--frames 24,96] [--scale 4] [--method bicubic]
+    python bench/stream.py [--size 270x480] [--frames 96,384] [--scale 4] [--method bicubic]
+
+The encoder (x264 lookahead) and the allocator warm up over the first ~100 frames; after that the
+resident memory is flat (measured: 1268 MiB from frame 105 to frame 231 of a 240-frame 1080p output).
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def make_clip(path: Path, frames: int, hw: tuple[int, int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="270x480", help="input HxW")
-    ap.add_argument("--frames", default="24,96", help="comma-separated clip lengths")
+    ap.add_argument("--frames", default="96,384", help="comma-separated clip lengths")
     ap.add_argument("--scale", type=int, default=4)
     ap.add_argument("--method", default="bicubic")
     ap.add_argument("--chunk", type=int, default=0)

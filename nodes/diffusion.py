@@ -1,6 +1,8 @@
 """Diffusion nodes of the x4 family: model loader, LR encoder, samplers (StableVSR, per-frame x4), decode."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from vsr_core.io.frames import check_image, nchw_to_image
@@ -11,8 +13,9 @@ from .common import CATEGORY
 DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
 OFFLOAD_CHOICES = ["auto", "keep on GPU", "offload to CPU"]
 SCHEDULERS = ["ddpm", "ddim", "dpmpp_2m"]
-# models/vsr/<kind>/ folders holding the x4-family layouts the loader accepts
-MODEL_KINDS = ("stablevsr", "sd_x4")
+# models/vsr/<kind>/ folders holding the layouts the loader accepts, and the file that marks a model folder
+MODEL_KINDS = ("stablevsr", "sd_x4", "upscale_a_video", "mgld")
+_FOLDER_MARKERS = {"stablevsr": "unet", "sd_x4": "unet", "upscale_a_video": "unet"}
 LATENT_KEY = "vsr_lr"
 
 
@@ -20,7 +23,11 @@ def model_choices() -> list[str]:
     """"<kind>/<folder or file>" for every StableVSR / SD x4 model the user has installed."""
     out = []
     for kind in MODEL_KINDS:
-        out += [f"{kind}/{d}" for d in comfy.list_model_dirs(kind, "unet")]
+        if kind == "mgld":  # a folder holding mgldvsr_unet + video_vae_cfw
+            dirs = {str(Path(f).parent) for f in comfy.list_models(kind) if "unet" in Path(f).name.lower()}
+            out += [f"{kind}/{d}" for d in sorted(dirs)]
+            continue
+        out += [f"{kind}/{d}" for d in comfy.list_model_dirs(kind, _FOLDER_MARKERS[kind])]
         if kind == "sd_x4":
             out += [f"{kind}/{f}" for f in comfy.list_models(kind) if "/" not in f]
     return out
@@ -31,8 +38,6 @@ def _resolve_model(choice: str):
     if kind not in MODEL_KINDS or not name:
         raise ValueError(f"unknown model choice {choice!r}: expected one of {model_choices() or 'none installed'}")
     for folder in comfy.model_folders(kind):
-        from pathlib import Path
-
         p = Path(folder) / name
         if p.exists():
             return kind, p
@@ -40,7 +45,9 @@ def _resolve_model(choice: str):
         f"{name!r} not found in {comfy.model_folders(kind)}. StableVSR: download the diffusers folder of "
         "huggingface.co/claudiom4sir/StableVSR into ComfyUI/models/vsr/stablevsr/StableVSR/. SD x4 upscaler: the "
         "stabilityai/stable-diffusion-x4-upscaler folder, or its x4-upscaler-ema.safetensors, into "
-        "ComfyUI/models/vsr/sd_x4/.")
+        "ComfyUI/models/vsr/sd_x4/. Upscale-A-Video: its official folder (unet/, vae/, ...) into "
+        "ComfyUI/models/vsr/upscale_a_video/<name>/. MGLD: mgldvsr_unet.ckpt and video_vae_cfw.ckpt into "
+        "ComfyUI/models/vsr/mgld/<name>/.")
 
 
 def _lr_of(latent: dict):
@@ -65,8 +72,9 @@ def _latent_out(samples: torch.Tensor, cond) -> dict:
 
 class VSR_LoadDiffusionModel:
     DESCRIPTION = ("Load a diffusion VSR model from ComfyUI/models/vsr/: StableVSR (its diffusers folder: unet, "
-                   "controlnet, vae, text_encoder, tokenizer, scheduler) or the Stable Diffusion x4 upscaler (its "
-                   "diffusers folder or the single x4-upscaler-ema file). Weights load strictly; a missing or wrong file "
+                   "controlnet, vae, text_encoder, tokenizer, scheduler), the Stable Diffusion x4 upscaler (its "
+                   "diffusers folder or the single x4-upscaler-ema file), Upscale-A-Video (its official folder) or "
+                   "MGLD (a folder with mgldvsr_unet and video_vae_cfw). Weights load strictly; a missing or wrong file "
                    "is named in the error with where to get it. Networks rest on the CPU and visit the GPU only while "
                    "they run.")
     CATEGORY = f"{CATEGORY}/models"
@@ -80,8 +88,8 @@ class VSR_LoadDiffusionModel:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (model_choices(), {"tooltip": "stablevsr/<folder> or sd_x4/<folder or file> under "
-                                                       "ComfyUI/models/vsr/."}),
+                "model": (model_choices(), {"tooltip": "<method>/<folder or file> under ComfyUI/models/vsr/: "
+                                                       "stablevsr, sd_x4, upscale_a_video or mgld."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                                           "tooltip": "Weights and compute precision of the UNet/ControlNet. auto: "
                                                      "fp16 on GPU, fp32 on CPU. The x4 VAE always decodes in fp32 "
@@ -104,10 +112,20 @@ class VSR_LoadDiffusionModel:
         else:
             rest = comfy.offload_device()
         key = ("diffusion", str(path), kind, dtype, str(device), str(rest))
-        weights = path / "unet" if path.is_dir() else path
-        bundle = comfy.cached_model(key, weights, lambda: load_diffusion_model(
-            path, method=kind, dtype=dtype, device=device, offload_device=rest), keep=1)
-        return (bundle,)
+        opts = dict(dtype=dtype, device=device, offload_device=rest)
+        if kind == "upscale_a_video":
+            from vsr_core.loaders.uav import load_uav_model
+
+            stamp, load = path / "unet", lambda: load_uav_model(path, **opts)
+        elif kind == "mgld":
+            from vsr_core.loaders.mgld import find_mgld_files, load_mgld_model
+
+            unet, vae, configs = find_mgld_files(path)
+            stamp, load = unet, lambda: load_mgld_model(unet, vae, configs=configs, **opts)
+        else:
+            stamp = path / "unet" if path.is_dir() else path
+            load = lambda: load_diffusion_model(path, method=kind, **opts)  # noqa: E731
+        return (comfy.cached_model(key, stamp, load, keep=1),)
 
 
 class VSR_LatentEncoderLR:
@@ -143,15 +161,27 @@ class VSR_LatentEncoderLR:
         return (_latent_out(samples, cond),)
 
 
+DECODE_MODES = ["auto", "per-frame", "uav video VAE", "mgld CFW"]
+COLOR_FIXES = ["none", "adain", "wavelet", "lab"]
+
+
+def _decode_mode(model, mode: str) -> str:
+    if mode != "auto":
+        return mode
+    return {"upscale_a_video": "uav video VAE", "mgld": "mgld CFW"}.get(model.method, "per-frame")
+
+
 class VSR_TemporalVAEDecode:
-    DESCRIPTION = ("Decode VSR latents to frames, a few frames at a time and, for large frames, in blended tiles, so "
-                   "a 4K output decodes on an 8 GB GPU. Modes for the temporal VAE decoders of the other methods "
-                   "come with those methods.")
+    DESCRIPTION = ("Decode VSR latents to frames. per-frame: the x4 VAE frame by frame in chunks and blended tiles "
+                   "(a 4K output decodes on 8 GB). uav video VAE: Upscale-A-Video's temporal decoder, 3-frame "
+                   "chunks conditioned on the LR frames (vae_weight = w_lr). mgld CFW: MGLD's temporal-aware "
+                   "sequence decoder with controllable feature wrapping (vae_weight = dec_w). auto picks the "
+                   "model's own. An optional colour fix matches the colours of the bicubic-upscaled input.")
     CATEGORY = f"{CATEGORY}/latent"
     FUNCTION = "decode"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
-    OUTPUT_TOOLTIPS = ("Decoded frames, [frames, 4*h, 4*w, 3] in 0..1.",)
+    OUTPUT_TOOLTIPS = ("Decoded frames, [frames, H, W, 3] in 0..1.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -159,32 +189,68 @@ class VSR_TemporalVAEDecode:
             "required": {
                 "model": ("VSR_MODEL", {"tooltip": "The model whose VAE decodes the latents."}),
                 "latent": ("LATENT", {"tooltip": "Latents from a VSR sampler."}),
+                "mode": (DECODE_MODES, {"default": "auto", "tooltip": "Which decoder; auto = the model's own."}),
+                "vae_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                         "tooltip": "uav: w_lr, how much the LR frames steer the decoder; mgld: "
+                                                    "dec_w, fidelity (1) vs generated detail (0)."}),
+                "color_fix": (COLOR_FIXES, {"default": "none",
+                                            "tooltip": "Match colours to the bicubic-upscaled input: adain (MGLD's "
+                                                       "default), wavelet (keeps more detail), lab."}),
                 "frames_per_chunk": ("INT", {"default": 1, "min": 1, "max": 64,
-                                             "tooltip": "Frames decoded at once (more is faster, uses more memory)."}),
+                                             "tooltip": "per-frame mode: frames decoded at once (more is faster, "
+                                                        "uses more memory). The temporal decoders use their "
+                                                        "own chunks (UAV 3, MGLD 5)."}),
                 "tile_size": ("INT", {"default": 128, "min": 0, "max": 1024, "step": 8,
-                                      "tooltip": "Decode in tiles of this many latent pixels (x4 = output pixels) "
-                                                 "when the frame is larger; 0 = whole frames. 128 keeps 4K within "
-                                                 "8 GB."}),
+                                      "tooltip": "per-frame mode: decode in tiles of this many latent pixels when "
+                                                 "the frame is larger; 0 = whole frames. 128 keeps 4K within 8 GB."}),
                 "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 128, "step": 2,
-                                         "tooltip": "Latent pixels shared by neighbouring tiles, crossfaded to hide "
-                                                    "seams."}),
+                                         "tooltip": "Latent pixels shared by neighbouring tiles, crossfaded."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def decode(self, model, latent, frames_per_chunk=1, tile_size=128, tile_overlap=16, unique_id=None):
-        from vsr_core.sampling.decode import decode_latents
-
+    def decode(self, model, latent, mode="auto", vae_weight=1.0, color_fix="none", frames_per_chunk=1,
+               tile_size=128, tile_overlap=16, unique_id=None):
         z = latent["samples"]
         if z.ndim != 4:
             raise ValueError(f"expected latents [frames, channels, h, w], got {tuple(z.shape)}")
         bar = comfy.Progress(z.shape[0], unique_id)
-        _make_room(model, "vae")
-        with model.on_device("vae") as (vae,):
-            frames = decode_latents(vae, z, model.scaling_factor, chunk=frames_per_chunk, tile=tile_size,
-                                    overlap=tile_overlap, progress=bar)
+        mode = _decode_mode(model, mode)
+        cond = latent.get(LATENT_KEY)
+        if mode == "uav video VAE":
+            from vsr_core.sampling.uav import decode_uav
+
+            if cond is None:
+                raise ValueError("the UAV video VAE needs the LR frames: decode the LATENT of a VSR sampler")
+            _make_room(model, "vae")
+            frames = decode_uav(model, z, cond, w_lr=vae_weight, color=color_fix, progress=bar)
+        elif mode == "mgld CFW":
+            from vsr_core.sampling.mgld import decode_mgld
+
+            if cond is None or model.video_vae is None:
+                raise ValueError("the MGLD CFW decoder needs an MGLD model and the LATENT of the MGLD sampler")
+            _make_room(model, "video_vae")
+            frames = decode_mgld(model, z, cond, dec_w=vae_weight, color=color_fix, progress=bar)
+        else:
+            from vsr_core.sampling.decode import decode_latents
+
+            _make_room(model, "vae")
+            with model.on_device("vae") as (vae,):
+                frames = decode_latents(vae, z, model.scaling_factor, chunk=frames_per_chunk, tile=tile_size,
+                                        overlap=tile_overlap, progress=bar)
+            if color_fix != "none":
+                frames = _color_fix(frames, cond, color_fix)
         comfy.soft_empty_cache()
         return (nchw_to_image(frames),)
+
+
+def _color_fix(frames: torch.Tensor, cond, mode: str) -> torch.Tensor:
+    from vsr_core.color import color_fix
+
+    if cond is None:
+        raise ValueError("colour fix needs the LR frames: decode the LATENT of a VSR sampler")
+    lr = (cond.lr if hasattr(cond, "lr") else cond).float()
+    return color_fix(frames, (lr + 1) / 2, mode)
 
 
 def _sampler_progress(total: int, unique_id):
@@ -304,12 +370,110 @@ class VSR_X4PerFrameSampler:
         return (_latent_out(z, cond),)
 
 
+def _step_list(text: str, steps: int) -> list[int]:
+    """"24, 26, 28" -> [24, 26, 28] (0-based step indices), checked against the step count."""
+    try:
+        out = sorted({int(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"propagation_steps must be step numbers separated by commas, e.g. '24,26,28'; got {text!r}")
+    bad = [v for v in out if not 0 <= v < steps]
+    if bad:
+        raise ValueError(f"propagation_steps {bad} are outside 0..{steps - 1} (steps = {steps})")
+    return out
+
+
+class VSR_UpscaleAVideoSampler:
+    DESCRIPTION = ("Upscale-A-Video (Zhou et al., CVPR 2024): the x4 diffusion upscaler inflated with temporal "
+                   "layers, denoising 8-frame windows that overlap and are merged every step, with a text prompt, "
+                   "a noise level (restoration vs generation) and training-free recurrent latent propagation "
+                   "(flow-warped fusion of the predicted clean latents over the whole clip) at chosen steps. "
+                   "Give it the flow of the LR frames.")
+    CATEGORY = f"{CATEGORY}/samplers"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Denoised latents, one per frame; decode with Temporal VAE Decode (VSR), uav mode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from vsr_core.sampling.uav import UAV_A_PROMPT, UAV_MERGES, UAV_N_PROMPT, UAV_TILE_MERGES
+
+        return {
+            "required": {
+                "model": ("VSR_MODEL", {"tooltip": "An Upscale-A-Video model (models/vsr/upscale_a_video/)."}),
+                "lr": ("LATENT", {"tooltip": "From LR Latent Encoder (VSR); its noise_level (UAV: 120, 0-350) "
+                                             "trades restoration (low) for generated detail (high)."}),
+                "prompt": ("STRING", {"default": UAV_A_PROMPT, "multiline": True,
+                                      "tooltip": "Describe the video; UAV appends 'best quality, extremely "
+                                                 "detailed' to a caption."}),
+                "negative_prompt": ("STRING", {"default": UAV_N_PROMPT, "multiline": True,
+                                               "tooltip": "What to avoid."}),
+                "guidance_scale": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                             "tooltip": "Classifier-free guidance (UAV: 6; <= 1 turns it off and "
+                                                        "halves the work)."}),
+                "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": "DDIM steps (UAV: 30)."}),
+                "seed": ("INT", {"default": 10, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Same seed, same result."}),
+                "propagation_steps": ("STRING", {"default": "",
+                                                 "tooltip": "0-based steps at which latents are propagated along "
+                                                            "the flow, e.g. '24,26,28' of 30 (empty = off, the "
+                                                            "official default). Needs the flow input."}),
+                "window": ("INT", {"default": 8, "min": 1, "max": 64,
+                                   "tooltip": "Frames the UNet sees at once (UAV: 8)."}),
+                "overlap": ("INT", {"default": 2, "min": 0, "max": 63,
+                                    "tooltip": "Frames shared by neighbouring windows (UAV: 2)."}),
+                "window_merge": (list(UAV_MERGES), {"default": "running",
+                                                    "tooltip": "running: the official running average; uniform: "
+                                                               "equal weights; hann: crossfade across overlaps."}),
+                "tile_size": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 8,
+                                      "tooltip": "Latent tile size for large frames (0 = whole frame; the official "
+                                                 "code tiles 256-pixel LR frames)."}),
+                "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 256, "step": 2,
+                                         "tooltip": "Latent pixels shared by neighbouring tiles."}),
+                "tile_merge": (list(UAV_TILE_MERGES), {"default": "hann",
+                                                       "tooltip": "hann: predictions blended every step (no seams); "
+                                                                  "hard: the official hard paste."}),
+            },
+            "optional": {
+                "flow": ("VSR_FLOW", {"tooltip": "Flow of the LR frames (needed by propagation)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def sample(self, model, lr, prompt="", negative_prompt="", guidance_scale=6.0, steps=30, seed=10,
+               propagation_steps="", window=8, overlap=2, window_merge="running", tile_size=0, tile_overlap=16,
+               tile_merge="hann", flow=None, unique_id=None):
+        from vsr_core.sampling.prompt import prompt_embeddings
+        from vsr_core.sampling.uav import sample_uav
+
+        if model.method != "upscale_a_video":
+            raise ValueError(f"this sampler needs an Upscale-A-Video model, got {model.method}")
+        cond = _lr_of(lr)
+        prop = _step_list(propagation_steps, steps)
+        if prop and flow is None:
+            raise ValueError("propagation_steps are set but no flow is connected: add Flow Guidance on the LR "
+                             "frames, or clear propagation_steps")
+        if flow is not None and flow.num_frames != cond.num_frames:
+            raise ValueError(f"the flow covers {flow.num_frames} frames but the LR latent has {cond.num_frames}: "
+                             "compute both from the same clip")
+        embeds = prompt_embeddings(model, prompt)
+        negative = prompt_embeddings(model, negative_prompt) if guidance_scale > 1 else None
+        _make_room(model, "unet")
+        callback = _sampler_progress(steps, unique_id)
+        z = sample_uav(model, cond, flow, embeds, negative, guidance_scale=guidance_scale, steps=steps, seed=seed,
+                       propagation_steps=prop, window=window, overlap=overlap, merge=window_merge, tile=tile_size,
+                       tile_overlap=tile_overlap, tile_merge=tile_merge, callback=callback)
+        comfy.soft_empty_cache()
+        return (_latent_out(z, cond),)
+
+
 NODE_CLASS_MAPPINGS = {
     "VSR_LoadDiffusionModel": VSR_LoadDiffusionModel,
     "VSR_LatentEncoderLR": VSR_LatentEncoderLR,
     "VSR_TemporalVAEDecode": VSR_TemporalVAEDecode,
     "VSR_StableVSRSampler": VSR_StableVSRSampler,
     "VSR_X4PerFrameSampler": VSR_X4PerFrameSampler,
+    "VSR_UpscaleAVideoSampler": VSR_UpscaleAVideoSampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "VSR_LoadDiffusionModel": "Load Diffusion VSR Model (VSR)",
@@ -317,4 +481,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "VSR_TemporalVAEDecode": "Temporal VAE Decode (VSR)",
     "VSR_StableVSRSampler": "StableVSR Sampler (VSR)",
     "VSR_X4PerFrameSampler": "x4 Per-Frame Sampler (VSR)",
+    "VSR_UpscaleAVideoSampler": "Upscale-A-Video Sampler (VSR)",
 }

@@ -77,3 +77,19 @@ def test_render_makes_a_clip_with_ground_truth(tmp_path):
     frames, _ = load_video(tmp_path / "hr.mkv")
     assert float((frames[0] - frames[5]).abs().mean()) > 0.01  # the camera moves
     assert np.isfinite(frames.numpy()).all()
+
+
+def test_convert_a_lightning_checkpoint_to_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    from vsr_core.loaders.mgld import write_tiny_mgld
+    from vsr_core.loaders.safe_pickle import load_state_dict
+
+    paths = write_tiny_mgld(tmp_path / "mgld", weights="ckpt", text_encoder=False)
+    ckpt = paths["video_vae"]
+    r = run_cli("convert", ckpt, tmp_path / "vae.safetensors")
+    assert r.returncode == 0, r.stderr
+    converted = load_file(str(tmp_path / "vae.safetensors"))
+    original = load_state_dict(ckpt)
+    assert converted.keys() == original.keys()
+    assert all((converted[k] == original[k]).all() for k in original)

@@ -48,30 +48,49 @@ def test_validator_catches_broken_workflows():
     assert any("unknown node type" in e for e in validate(bad, MAPPINGS))
 
 
-def test_stablevsr_workflow_runs_on_tiny_models(tmp_path):
+def _tiny_models(name: str, models: Path) -> None:
+    from vsr_core.loaders.tiny import write_tiny_stablevsr
+    from vsr_core.loaders.uav import write_tiny_uav
+
+    if name == "StableVSR":
+        write_tiny_stablevsr(models / "vsr" / "stablevsr" / "StableVSR")
+    elif name == "UpscaleAVideo":
+        write_tiny_uav(models / "vsr" / "upscale_a_video" / "upscale_a_video")
+    elif name == "MGLD":
+        from vsr_core.loaders.mgld import write_tiny_mgld
+
+        write_tiny_mgld(models / "vsr" / "mgld" / "MGLD")
+
+
+FAST = {"VSR_StableVSRSampler": {"steps": 2}, "VSR_UpscaleAVideoSampler": {"steps": 2, "propagation_steps": "1"},
+        "VSR_MGLDSampler": {"steps": 2}}
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_workflow_runs_on_tiny_models(tmp_path, name):
+    """The shipped workflow, converted to an API prompt, runs on tiny random weights in the official
+    layouts (fewer steps), and writes a video of the expected size."""
     import importlib
 
     from media import indexed_frames, write_video
 
-    from vsr_core.loaders.tiny import write_tiny_stablevsr
+    from vsr_core.io import probe
 
     adapter = importlib.import_module(f"{PACK.__name__}.nodes.comfy_adapter")
     for kind in ("input", "output", "temp", "models"):
         (tmp_path / kind).mkdir()
         adapter.set_directory(kind, tmp_path / kind)
     try:
-        write_tiny_stablevsr(tmp_path / "models" / "vsr" / "stablevsr" / "StableVSR")
-        frames = indexed_frames(4, 16, 24)
+        _tiny_models(name, tmp_path / "models")
+        frames = indexed_frames(5, 16, 24)
         frames[..., 0] = torch.linspace(0, 255, 24).to(torch.uint8).numpy()  # some texture for the flow
         write_video(tmp_path / "input" / "input.mp4", frames, fps=12)
-        prompt = to_api(json.loads((WORKFLOWS[0].parent / "StableVSR.json").read_text()), MAPPINGS)
-        sampler = next(k for k, v in prompt.items() if v["class_type"] == "VSR_StableVSRSampler")
-        prompt[sampler]["inputs"]["steps"] = 2
+        prompt = to_api(json.loads((WORKFLOWS[0].parent / f"{name}.json").read_text()), MAPPINGS)
+        for node in prompt.values():
+            node["inputs"].update(FAST.get(node["class_type"], {}))
         out = run_api(prompt, MAPPINGS)
     finally:
         adapter._overrides.clear()
     saved = next(v for k, v in out.items() if prompt[k]["class_type"] == "VSR_SaveVideo")[0]
-    from vsr_core.io import probe
-
     info = probe(saved)
-    assert (info.width, info.height, info.num_frames) == (96, 64, 4) and info.fps == pytest.approx(12)
+    assert (info.width, info.height, info.num_frames) == (96, 64, 5) and info.fps == pytest.approx(12)

@@ -281,6 +281,46 @@ GRAPHS = {
 }
 
 
+GRAPHS["UpscaleAVideo"] = {
+    "id": "3b9e5c1d-8a47-4f0e-b6d2-51c7a0e9f302",
+    "nodes": {
+        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 16}, (0, 0)),
+        "model": ("VSR_LoadDiffusionModel", {"model": "upscale_a_video/upscale_a_video"}, (0, 420)),
+        "flow": ("VSR_FlowGuidance", {"raft_convention": "uav", "occlusion": "uav"}, (380, 0)),
+        "lr": ("VSR_LatentEncoderLR", {"noise_level": 120}, (380, 300)),
+        "sampler": ("VSR_UpscaleAVideoSampler", {"steps": 30, "seed": 10, "propagation_steps": "24,26,28"},
+                    (760, 200)),
+        "decode": ("VSR_TemporalVAEDecode", {"mode": "auto"}, (1140, 200)),
+        "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/UpscaleAVideo"}, (1520, 200)),
+    },
+    "links": [
+        ("load", 0, "flow", "frames"),
+        ("load", 0, "lr", "frames"),
+        ("model", 0, "lr", "model"),
+        ("model", 0, "sampler", "model"),
+        ("lr", 0, "sampler", "lr"),
+        ("flow", 0, "sampler", "flow"),
+        ("model", 0, "decode", "model"),
+        ("sampler", 0, "decode", "latent"),
+        ("decode", 0, "save", "images"),
+        ("load", 2, "save", "fps"),
+        ("load", 3, "save", "audio"),
+    ],
+    "models": [
+        {"name": "Upscale-A-Video folder (unet/, vae/, scheduler/, low_res_scheduler/, text_encoder/, tokenizer/, "
+                 "propagator/raft-things.pth)",
+         "url": "https://drive.google.com/drive/folders/1O8pbeR1hsRlFUU8O4EULe-lOKNGEWZl1",
+         "directory": "vsr/upscale_a_video/upscale_a_video"},
+        {"name": "raft-things.pth (optional: DIS is used without it)",
+         "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr/flow"},
+    ],
+    "notes": [("Upscale-A-Video (Zhou et al., CVPR 2024; weights non-commercial, S-Lab License). Put the official "
+               "pretrained_models/upscale_a_video folder in ComfyUI/models/vsr/upscale_a_video/. Flow is computed on "
+               "the LR frames (RAFT with the 'uav' convention is the published setting). noise_level 120, CFG 6, 30 "
+               "steps as the official CLI; propagation at steps 24,26,28 as in its README examples.", (0, 700))],
+}
+
+
 def write_all() -> list[Path]:
     pack = _pack()
     out = []

@@ -4,6 +4,7 @@
     python -m vsr_core demo [--out DIR]          # the README's main job on the bundled clip
     python -m vsr_core render IMAGE OUT_LR.mp4   # a clip with known ground truth (virtual camera)
     python -m vsr_core probe IN
+    python -m vsr_core convert mgldvsr_unet.ckpt       # one-time safe .ckpt -> .safetensors
 """
 from __future__ import annotations
 
@@ -94,6 +95,14 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .loaders.mgld import convert_to_safetensors
+
+    out = convert_to_safetensors(args.input, args.output)
+    print(f"wrote {out} (tensors only; the loaders prefer it to the pickle beside it)")
+    return 0
+
+
 def cmd_probe(args) -> int:
     from .io import probe
 
@@ -145,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fps", type=float, default=24.0)
     r.add_argument("--crf", type=int, default=10)
     r.set_defaults(func=cmd_render)
+
+    cv = sub.add_parser("convert", help="convert a Lightning .ckpt (MGLD) to .safetensors, once, safely")
+    cv.add_argument("input")
+    cv.add_argument("output", nargs="?", default=None, help="default: the input name with .safetensors")
+    cv.set_defaults(func=cmd_convert)
 
     pr = sub.add_parser("probe", help="print a video's metadata as JSON")
     pr.add_argument("input")

@@ -31,6 +31,8 @@ class VSRModel:
     dtype: compute dtype of the UNet/ControlNet; vae_dtype: of the VAE decoder (fp32 for the x4 VAE,
     which overflows in fp16). device: compute device; offload_device: where weights rest between uses.
     source: where it was loaded from (paths), for messages and cache keys.
+    struct_encoder: MGLD's time-aware structure encoder (compute dtype); video_vae: MGLD's CFW sequence
+    VAE (``vae_dtype``); None for the other methods.
     """
 
     method: str
@@ -47,6 +49,8 @@ class VSRModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     offload_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     source: dict = field(default_factory=dict)
+    struct_encoder: nn.Module | None = None
+    video_vae: nn.Module | None = None
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -59,11 +63,12 @@ class VSRModel:
         return int(self.config.get("vae_scale_factor", 4))
 
     def dtype_for(self, name: str) -> torch.dtype:
-        return self.vae_dtype if name == "vae" else self.dtype
+        return self.vae_dtype if name in ("vae", "video_vae") else self.dtype
 
     @contextlib.contextmanager
     def on_device(self, *names: str):
-        """Move the named sub-models ("unet", "vae", "controlnet", "text_encoder") to the compute device
+        """Move the named sub-models ("unet", "vae", "controlnet", "text_encoder", "struct_encoder",
+        "video_vae") to the compute device
         for the block, then back to the offload device (a no-op when both are the same)."""
         mods = [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
         for n, m in mods:
