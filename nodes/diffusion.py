@@ -17,6 +17,7 @@ SCHEDULERS = ["ddpm", "ddim", "dpmpp_2m"]
 MODEL_KINDS = ("stablevsr", "sd_x4", "upscale_a_video", "mgld")
 _FOLDER_MARKERS = {"stablevsr": "unet", "sd_x4": "unet", "upscale_a_video": "unet"}
 LATENT_KEY = "vsr_lr"
+MGLD_MIN_SIDE_KEY = "vsr_mgld_min_side"
 
 
 def model_choices() -> list[str]:
@@ -230,7 +231,9 @@ class VSR_TemporalVAEDecode:
             if cond is None or model.video_vae is None:
                 raise ValueError("the MGLD CFW decoder needs an MGLD model and the LATENT of the MGLD sampler")
             _make_room(model, "video_vae")
-            frames = decode_mgld(model, z, cond, dec_w=vae_weight, color=color_fix, progress=bar)
+            frames = decode_mgld(model, z, cond, dec_w=vae_weight, color_fix=color_fix,
+                                 min_side=latent.get(MGLD_MIN_SIDE_KEY, 512))
+            bar(z.shape[0], z.shape[0])
         else:
             from vsr_core.sampling.decode import decode_latents
 
@@ -467,6 +470,81 @@ class VSR_UpscaleAVideoSampler:
         return (_latent_out(z, cond),)
 
 
+class VSR_MGLDSampler:
+    DESCRIPTION = ("MGLD (Yang et al., ECCV 2024): motion-guided latent diffusion. A StableSR-style UNet (SPADE "
+                   "structure conditioning, temporal layers in its middle block) denoises the latents of the upscaled "
+                   "frames from the noised LR latent, and every step takes a gradient step that lowers the flow-warped, "
+                   "occlusion-masked difference between neighbouring frames. Frames go in 5-frame segments "
+                   "(official) or overlapping windows denoised together (no seams between segments). Give it the "
+                   "flow of the LR frames; decode with the CFW decoder.")
+    CATEGORY = f"{CATEGORY}/samplers"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Denoised latents; decode with Temporal VAE Decode (VSR), mgld CFW mode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("VSR_MODEL", {"tooltip": "An MGLD model (models/vsr/mgld/<folder>)."}),
+                "frames": ("IMAGE", {"tooltip": "Low-resolution frames."}),
+                "flow": ("VSR_FLOW", {"tooltip": "Flow of the LR frames (Flow Guidance, mgld convention); "
+                                                 "rescaled to the latent grid."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                  "tooltip": "Respaced DDPM steps (MGLD: 50)."}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Same seed, same result."}),
+                "guidance_scale": ("FLOAT", {"default": -10.0, "min": -100.0, "max": 100.0, "step": 0.5,
+                                             "tooltip": "Motion guidance scale (MGLD: -10; 0 turns it off). The "
+                                                        "step also scales with the noise level (10|log var|)."}),
+                "segment": ("INT", {"default": 5, "min": 1, "max": 64,
+                                    "tooltip": "Frames denoised together (MGLD: 5, what its temporal layers saw in "
+                                               "training)."}),
+                "segment_mode": (["official", "overlap"], {"default": "overlap",
+                                                           "tooltip": "official: separate 5-frame segments (seams "
+                                                                      "at their borders); overlap: overlapping "
+                                                                      "windows denoised in lockstep, guidance "
+                                                                      "across borders (no seams)."}),
+                "segment_overlap": ("INT", {"default": 2, "min": 0, "max": 63,
+                                            "tooltip": "overlap mode: frames shared by neighbouring windows "
+                                                       "(less than segment)."}),
+                "tile_size": ("INT", {"default": 64, "min": 8, "max": 1024, "step": 8,
+                                      "tooltip": "Latent canvas tile (MGLD: 64), Gaussian-blended every step."}),
+                "tile_overlap": ("INT", {"default": 32, "min": 0, "max": 512, "step": 8,
+                                         "tooltip": "Latent tile overlap (MGLD: 32)."}),
+                "min_side": ("INT", {"default": 512, "min": 0, "max": 4096, "step": 8,
+                                     "tooltip": "MGLD works on frames upscaled to at least this short side "
+                                                "(official: 512; the result is resized back to x4). 0 = exactly x4 "
+                                                "(faster on small inputs)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def sample(self, model, frames, flow, steps=50, seed=42, guidance_scale=-10.0, segment=5,
+               segment_mode="overlap", segment_overlap=2, tile_size=64, tile_overlap=32, min_side=512,
+               unique_id=None):
+        from vsr_core.sampling.mgld import sample_mgld
+
+        if model.method != "mgld":
+            raise ValueError(f"this sampler needs an MGLD model, got {model.method}")
+        if segment_mode == "overlap" and not 0 <= segment_overlap < segment:
+            raise ValueError(f"segment_overlap ({segment_overlap}) must be smaller than segment ({segment})")
+        lr = check_image(frames).permute(0, 3, 1, 2).contiguous()
+        if flow is not None and flow.num_frames != lr.shape[0]:
+            raise ValueError(f"the flow covers {flow.num_frames} frames but there are {lr.shape[0]}: "
+                             "compute both from the same clip")
+        _make_room(model, "unet", "struct_encoder", "vae")
+        callback = _sampler_progress(steps, unique_id)
+        z = sample_mgld(model, lr, flow, steps=steps, seed=seed, guidance_scale=guidance_scale, segment=segment,
+                        segment_mode=segment_mode, tile=tile_size, tile_overlap=tile_overlap, callback=callback,
+                        min_side=min_side, segment_overlap=segment_overlap)
+        comfy.soft_empty_cache()
+        out = _latent_out(z, lr)
+        out[MGLD_MIN_SIDE_KEY] = min_side  # the decoder must undo the same upsampling
+        return (out,)
+
+
 NODE_CLASS_MAPPINGS = {
     "VSR_LoadDiffusionModel": VSR_LoadDiffusionModel,
     "VSR_LatentEncoderLR": VSR_LatentEncoderLR,
@@ -474,6 +552,7 @@ NODE_CLASS_MAPPINGS = {
     "VSR_StableVSRSampler": VSR_StableVSRSampler,
     "VSR_X4PerFrameSampler": VSR_X4PerFrameSampler,
     "VSR_UpscaleAVideoSampler": VSR_UpscaleAVideoSampler,
+    "VSR_MGLDSampler": VSR_MGLDSampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "VSR_LoadDiffusionModel": "Load Diffusion VSR Model (VSR)",
@@ -482,4 +561,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "VSR_StableVSRSampler": "StableVSR Sampler (VSR)",
     "VSR_X4PerFrameSampler": "x4 Per-Frame Sampler (VSR)",
     "VSR_UpscaleAVideoSampler": "Upscale-A-Video Sampler (VSR)",
+    "VSR_MGLDSampler": "MGLD Sampler (VSR)",
 }

@@ -128,3 +128,62 @@ def test_cancel_stops_within_one_frame_step(use_models, clip, monkeypatch):
     with pytest.raises(Stop):
         N["VSR_StableVSRSampler"]().sample(model, lr, flow, steps=5)
     assert calls == [1, 2]  # the 2nd frame of step 1 out of 15 frame-steps
+
+
+@pytest.fixture(scope="module")
+def method_models(tmp_path_factory):
+    from vsr_core.loaders.mgld import write_tiny_mgld
+    from vsr_core.loaders.uav import write_tiny_uav
+
+    root = tmp_path_factory.mktemp("methods")
+    write_tiny_uav(root / "vsr" / "upscale_a_video" / "uav")
+    write_tiny_mgld(root / "vsr" / "mgld" / "MGLD")
+    return root
+
+
+@pytest.fixture
+def use_method_models(method_models):
+    adapter.set_directory("models", method_models)
+    yield method_models
+    adapter._overrides.clear()
+
+
+def test_uav_sampler_node(use_method_models, clip):
+    choices = N["VSR_LoadDiffusionModel"].INPUT_TYPES()["required"]["model"][0]
+    assert choices == ["upscale_a_video/uav", "mgld/MGLD"]
+    (model,) = N["VSR_LoadDiffusionModel"]().load("upscale_a_video/uav", "fp32")
+    (lr,) = N["VSR_LatentEncoderLR"]().encode(clip, model, 120)
+    flow = N["VSR_FlowGuidance"]().estimate(clip, occlusion="uav")[0]
+    sampler = N["VSR_UpscaleAVideoSampler"]()
+    (lat,) = sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2, propagation_steps="1",
+                            window=2, overlap=1, flow=flow)
+    assert lat["samples"].shape == (3, 4, 20, 28) and torch.isfinite(lat["samples"]).all()
+    (frames,) = N["VSR_TemporalVAEDecode"]().decode(model, lat, color_fix="wavelet")
+    assert frames.shape == (3, 80, 112, 3) and 0 <= frames.min() and frames.max() <= 1
+    (again,) = sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2, propagation_steps="1",
+                              window=2, overlap=1, flow=flow)
+    assert torch.equal(lat["samples"], again["samples"])
+    with pytest.raises(ValueError, match="no flow is connected"):
+        sampler.sample(model, lr, steps=2, propagation_steps="1")
+    with pytest.raises(ValueError, match="outside 0..1"):
+        sampler.sample(model, lr, steps=2, propagation_steps="5", flow=flow)
+    with pytest.raises(ValueError, match="separated by commas"):
+        sampler.sample(model, lr, steps=2, propagation_steps="a,b", flow=flow)
+
+
+def test_mgld_sampler_node(use_method_models, clip):
+    (model,) = N["VSR_LoadDiffusionModel"]().load("mgld/MGLD", "fp32")
+    assert model.method == "mgld" and model.video_vae is not None and model.struct_encoder is not None
+    flow = N["VSR_FlowGuidance"]().estimate(clip)[0]
+    sampler = N["VSR_MGLDSampler"]()
+    with pytest.raises(ValueError, match="smaller than segment"):
+        sampler.sample(model, clip, flow, steps=1, segment=2, segment_overlap=2)
+    (lat,) = sampler.sample(model, clip, flow, steps=2, segment=2, segment_overlap=1, min_side=0)
+    assert lat["samples"].shape[0] == 3 and torch.isfinite(lat["samples"]).all()
+    (frames,) = N["VSR_TemporalVAEDecode"]().decode(model, lat, vae_weight=0.5, color_fix="adain")
+    assert frames.shape == (3, 80, 112, 3) and 0 <= frames.min() and frames.max() <= 1
+    (uav,) = N["VSR_LoadDiffusionModel"]().load("upscale_a_video/uav", "fp32")
+    with pytest.raises(ValueError, match="needs an MGLD model"):
+        sampler.sample(uav, clip, flow, steps=1)
+    with pytest.raises(ValueError, match="same clip"):
+        sampler.sample(model, clip[:2], flow, steps=1)

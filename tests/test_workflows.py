@@ -63,7 +63,7 @@ def _tiny_models(name: str, models: Path) -> None:
 
 
 FAST = {"VSR_StableVSRSampler": {"steps": 2}, "VSR_UpscaleAVideoSampler": {"steps": 2, "propagation_steps": "1"},
-        "VSR_MGLDSampler": {"steps": 2}}
+        "VSR_MGLDSampler": {"steps": 2, "min_side": 0}}
 
 
 @pytest.mark.parametrize("name", sorted(GRAPHS))

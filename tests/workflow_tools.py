@@ -321,6 +321,43 @@ GRAPHS["UpscaleAVideo"] = {
 }
 
 
+GRAPHS["MGLD"] = {
+    "id": "c5a0e7f4-2d91-4b63-8e1f-9a4d6b2c7e03",
+    "nodes": {
+        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 15}, (0, 0)),
+        "model": ("VSR_LoadDiffusionModel", {"model": "mgld/MGLD"}, (0, 420)),
+        "flow": ("VSR_FlowGuidance", {"raft_convention": "mgld", "occlusion": "mgld"}, (380, 0)),
+        "sampler": ("VSR_MGLDSampler", {"steps": 50, "seed": 42}, (760, 200)),
+        "decode": ("VSR_TemporalVAEDecode", {"mode": "auto", "color_fix": "adain"}, (1140, 200)),
+        "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/MGLD"}, (1520, 200)),
+    },
+    "links": [
+        ("load", 0, "flow", "frames"),
+        ("load", 0, "sampler", "frames"),
+        ("model", 0, "sampler", "model"),
+        ("flow", 0, "sampler", "flow"),
+        ("model", 0, "decode", "model"),
+        ("sampler", 0, "decode", "latent"),
+        ("decode", 0, "save", "images"),
+        ("load", 2, "save", "fps"),
+        ("load", 3, "save", "audio"),
+    ],
+    "models": [
+        {"name": "mgldvsr_unet.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
+         "directory": "vsr/mgld/MGLD"},
+        {"name": "video_vae_cfw.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
+         "directory": "vsr/mgld/MGLD"},
+        {"name": "raft-things.pth (optional: DIS is used without it)",
+         "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr/flow"},
+    ],
+    "notes": [("MGLD (Yang et al., ECCV 2024; weights non-commercial, S-Lab License). Put mgldvsr_unet.ckpt and "
+               "video_vae_cfw.ckpt (official release: BaiduNetDisk/OneDrive links in github.com/IanYeung/MGLD-VSR; "
+               "mirror huggingface.co/Iceclear/MGLD-VSR) in ComfyUI/models/vsr/mgld/MGLD/; `python -m vsr_core "
+               "convert` turns them into .safetensors once. Published: 50 steps, motion guidance -10, 5-frame "
+               "segments, dec_w 1, AdaIN colour fix; 'overlap' removes the seams between segments.", (0, 700))],
+}
+
+
 def write_all() -> list[Path]:
     pack = _pack()
     out = []
