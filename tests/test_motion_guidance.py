@@ -127,3 +127,20 @@ def test_latent_flow_resizes_and_recomputes_masks():
         motion_loss(torch.zeros(3, 4, 5, 5), lf)
     with pytest.raises(ValueError, match="pairs"):
         motion_loss(torch.zeros(4, 4, 4, 6), lf)
+
+
+def test_gradient_works_under_inference_mode():
+    """ComfyUI executes nodes inside torch.inference_mode(): the guidance must still differentiate."""
+    from vsr_core.flow import VideoFlow
+    from vsr_core.sampling.motion_guidance import motion_loss_grad
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, 8, 8, generator=g)
+    flow = VideoFlow(torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 2, 8, 8, generator=g),
+                     torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
+    loss, grad = motion_loss_grad(z, flow)
+    with torch.inference_mode():
+        zi, fi = z.clone(), VideoFlow(flow.forward.clone(), flow.backward.clone(), flow.occ_forward.clone(),
+                                      flow.occ_backward.clone())
+        loss_i, grad_i = motion_loss_grad(zi, fi)
+    assert torch.allclose(loss, loss_i) and torch.allclose(grad, grad_i) and grad.abs().sum() > 0

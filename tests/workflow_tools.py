@@ -382,6 +382,8 @@ def run_api(prompt: dict, mappings: dict) -> dict:
 
     Returns {node_id: outputs tuple}. Only for tests: ComfyUI itself runs the shipped workflows in e2e.
     """
+    import torch
+
     done: dict[str, tuple] = {}
 
     def run(nid: str) -> tuple:
@@ -395,7 +397,8 @@ def run_api(prompt: dict, mappings: dict) -> dict:
                 kwargs[name] = run(value[0])[value[1]]
             else:
                 kwargs[name] = value
-        out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            out = getattr(cls(), cls.FUNCTION)(**kwargs)
         done[nid] = tuple(out["result"] if isinstance(out, dict) else out)
         return done[nid]
 

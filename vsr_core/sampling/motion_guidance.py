@@ -17,6 +17,8 @@ Flow names are ours (``VideoFlow``): ``forward[i]`` = flow i -> i+1 (the officia
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 
 import torch
@@ -150,11 +152,28 @@ def motion_loss_grad(latents: Tensor, flow: VideoFlow | tuple, pairing: str = "o
     The gradient has the latents' shape and dtype; the loss is computed in float32 on the latents'
     device (half-precision latents are upcast for the loss, the gradient is cast back).
     """
-    with torch.enable_grad():
-        z = latents.detach().float().requires_grad_(True)
-        loss = motion_loss(z, flow, pairing)
+    # ComfyUI runs nodes under torch.inference_mode(): tensors made there can neither require grad nor
+    # be saved for backward, so leave inference mode and take normal copies of every input.
+    with torch.inference_mode(False), torch.enable_grad():
+        z = latents.detach().float().clone().requires_grad_(True)
+        loss = motion_loss(z, _normal_tensors(flow), pairing)
         (grad,) = torch.autograd.grad(loss, z)
     return loss.detach(), grad.to(latents.dtype)
+
+
+def _normal_tensors(flow):
+    """A copy of ``flow`` (a VideoFlow or a tuple of tensors) whose tensors are not inference tensors."""
+    if isinstance(flow, VideoFlow):
+        if not any(t is not None and t.is_inference() for t in
+                   (flow.forward, flow.backward, flow.occ_forward, flow.occ_backward)):
+            return flow
+        return dataclasses.replace(flow, **{k: None if getattr(flow, k) is None else getattr(flow, k).clone()
+                                            for k in ("forward", "backward", "occ_forward", "occ_backward")})
+    if isinstance(flow, (tuple, list)):
+        return type(flow)(_normal_tensors(t) for t in flow)
+    if isinstance(flow, Tensor) and flow.is_inference():
+        return flow.clone()
+    return flow
 
 
 def guided_update(latents: Tensor, grad: Tensor, log_variance: Tensor | float,
