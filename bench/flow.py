@@ -10,12 +10,8 @@ hold): it must stay flat as the clip gets longer, since pairs are processed in c
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, resolve_devices, run_child
 
 CHILD = r"""
 import json, sys, time
@@ -54,10 +50,7 @@ print(json.dumps(dict(pairs=T - 1, seconds=dt, peak=peak_rss(), held=held, vram=
 def run(engine, device, frames, h, w, args):
     code = CHILD.format(repo=str(REPO), threads=args.threads, frames=frames, h=h, w=w, device=device,
                         engine=engine, iters=args.iters, chunk=args.chunk)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode != 0:
-        return None, out.stderr.strip().splitlines()[-1]
-    return json.loads(out.stdout.strip().splitlines()[-1]), None
+    return run_child(code)
 
 
 def main() -> None:
@@ -70,11 +63,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=8, help="pairs per engine call")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    devices = args.devices.split(",")
-    if devices == ["auto"]:
-        import torch
-
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = resolve_devices(args.devices)
     print(f"bidirectional flow + occlusion, pan clip, chunk {args.chunk} pairs, RAFT-large random weights "
           f"{args.iters} iters, {args.threads} CPU threads")
     print(f"{'engine':<6} {'device':<6} {'size':>9} {'frames':>6} {'pairs/s':>8} {'s/frame':>8} "

@@ -18,12 +18,8 @@ vary by several times between runs).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, resolve_devices, run_child
 
 CHILD = r"""
 import json, os, sys, time
@@ -109,10 +105,7 @@ def run(arch, mode, device, args):
                         frames=args.frames, h=h, w=w, steps=args.steps, tile=args.guidance_tile,
                         dtype="float16" if device == "cuda" and args.half else "float32",
                         warmup=not args.no_warmup)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode != 0:
-        return None, (out.stderr.strip().splitlines() or ["?"])[-1]
-    return json.loads(out.stdout.strip().splitlines()[-1]), None
+    return run_child(code)
 
 
 def main() -> None:
@@ -128,11 +121,7 @@ def main() -> None:
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    devices = args.devices.split(",")
-    if devices == ["auto"]:
-        import torch
-
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = resolve_devices(args.devices)
     print(f"{args.frames} frames, LR {args.lr} (x4 out), {args.steps} DDPM steps, random weights, "
           f"{args.threads} CPU threads, guidance tile {args.guidance_tile}")
     print(f"{'arch':<5} {'device':<6} {'sampler':<18} {'params M':>9} {'s/frame':>9} {'s/frame/step':>12} "

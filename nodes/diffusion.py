@@ -163,7 +163,7 @@ class VSR_LatentEncoderLR:
 
 
 DECODE_MODES = ["auto", "per-frame", "uav video VAE", "mgld CFW"]
-COLOR_FIXES = ["none", "adain", "wavelet", "lab"]
+COLOR_FIXES = ["auto", "none", "adain", "wavelet", "lab"]
 
 
 def _decode_mode(model, mode: str) -> str:
@@ -194,9 +194,10 @@ class VSR_TemporalVAEDecode:
                 "vae_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                          "tooltip": "uav: w_lr, how much the LR frames steer the decoder; mgld: "
                                                     "dec_w, fidelity (1) vs generated detail (0)."}),
-                "color_fix": (COLOR_FIXES, {"default": "none",
-                                            "tooltip": "Match colours to the bicubic-upscaled input: adain (MGLD's "
-                                                       "default), wavelet (keeps more detail), lab."}),
+                "color_fix": (COLOR_FIXES, {"default": "auto",
+                                            "tooltip": "Match colours to the bicubic-upscaled input: adain, wavelet "
+                                                       "(keeps more detail), lab. auto = the method's published "
+                                                       "setting (MGLD: adain; the others: none)."}),
                 "frames_per_chunk": ("INT", {"default": 1, "min": 1, "max": 64,
                                              "tooltip": "per-frame mode: frames decoded at once (more is faster, "
                                                         "uses more memory). The temporal decoders use their "
@@ -210,13 +211,15 @@ class VSR_TemporalVAEDecode:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def decode(self, model, latent, mode="auto", vae_weight=1.0, color_fix="none", frames_per_chunk=1,
+    def decode(self, model, latent, mode="auto", vae_weight=1.0, color_fix="auto", frames_per_chunk=1,
                tile_size=128, tile_overlap=16, unique_id=None):
         z = latent["samples"]
         if z.ndim != 4:
             raise ValueError(f"expected latents [frames, channels, h, w], got {tuple(z.shape)}")
         bar = comfy.Progress(z.shape[0], unique_id)
         mode = _decode_mode(model, mode)
+        if color_fix == "auto":
+            color_fix = "adain" if model.method == "mgld" else "none"
         cond = latent.get(LATENT_KEY)
         if mode == "uav video VAE":
             from vsr_core.sampling.uav import decode_uav

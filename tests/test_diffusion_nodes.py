@@ -182,6 +182,9 @@ def test_mgld_sampler_node(use_method_models, clip):
     assert lat["samples"].shape[0] == 3 and torch.isfinite(lat["samples"]).all()
     (frames,) = N["VSR_TemporalVAEDecode"]().decode(model, lat, vae_weight=0.5, color_fix="adain")
     assert frames.shape == (3, 80, 112, 3) and 0 <= frames.min() and frames.max() <= 1
+    (auto,) = N["VSR_TemporalVAEDecode"]().decode(model, lat, vae_weight=0.5)  # MGLD publishes AdaIN
+    (plain,) = N["VSR_TemporalVAEDecode"]().decode(model, lat, vae_weight=0.5, color_fix="none")
+    assert torch.equal(auto, frames) and not torch.equal(plain, frames)
     (uav,) = N["VSR_LoadDiffusionModel"]().load("upscale_a_video/uav", "fp32")
     with pytest.raises(ValueError, match="needs an MGLD model"):
         sampler.sample(uav, clip, flow, steps=1)

@@ -328,7 +328,7 @@ GRAPHS["MGLD"] = {
         "model": ("VSR_LoadDiffusionModel", {"model": "mgld/MGLD"}, (0, 420)),
         "flow": ("VSR_FlowGuidance", {"raft_convention": "mgld", "occlusion": "mgld"}, (380, 0)),
         "sampler": ("VSR_MGLDSampler", {"steps": 50, "seed": 42}, (760, 200)),
-        "decode": ("VSR_TemporalVAEDecode", {"mode": "auto", "color_fix": "adain"}, (1140, 200)),
+        "decode": ("VSR_TemporalVAEDecode", {"mode": "auto", "color_fix": "auto"}, (1140, 200)),
         "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/MGLD"}, (1520, 200)),
     },
     "links": [

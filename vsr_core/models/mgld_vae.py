@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mgld_unet import SpatialTemporalConv, _Configured
+from .mgld_unet import SpatialTemporalConv, Upsample, _Configured
 
 __all__ = ["MGLDVideoVAE", "Encoder", "VideoDecoder", "CFWFusion", "ResidualDenseBlock", "FusionResBlock"]
 
@@ -73,15 +73,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Encoder(nn.Module):
