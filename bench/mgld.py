@@ -10,7 +10,8 @@ inside a segment (``seam_error``), on the latents and on the decoded frames.
 Models: ``--unet``/``--vae`` load the released checkpoints (``load_mgld_model``); without them a tiny
 random MGLD (``write_tiny_mgld``) is used, so speed/memory rows describe the code path, not the real
 network, and seams reflect the sampler. ``toy`` rows replace the network by an analytic denoiser whose
-x̂0 carries noise-dependent detail (what makes independent segments disagree).
+x̂0 carries noise-dependent detail (what makes independent segments disagree), on a detailed latent
+texture moving one latent pixel per frame.
 
     python bench/mgld.py                                   # tiny + toy, 15 frames of 96x128 LR, 10 steps
     python bench/mgld.py --frames 20 --lr 64x64 --steps 50 --device cuda --unet U.ckpt --vae V.ckpt
@@ -51,6 +52,16 @@ def synthetic_clip(frames: int, h: int, w: int, shift: int = 2, seed: int = 0):
     fwd = torch.zeros(frames - 1, 2, h, w)
     fwd[:, 0] = float(shift)  # frame i's pixel p is at p + shift in frame i+1
     return lr, VideoFlow(fwd, -fwd, frame_size=(h, w), engine="exact")
+
+
+def latent_clip(frames: int, h: int, w: int, seed: int = 0):
+    """A detailed latent texture moving 1 latent px per frame, with its exact flow (the toy rows)."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.randn(1, 4, h, w + frames, generator=g), 3, 1, 1)[0]
+    z = torch.stack([base[:, :, frames - i: frames - i + w] for i in range(frames)])
+    fwd = torch.zeros(frames - 1, 2, h, w)
+    fwd[:, 0] = 1.0
+    return z, VideoFlow(fwd, -fwd, frame_size=(h, w), engine="exact")
 
 
 def toy_denoiser(steps: int):
@@ -115,10 +126,10 @@ def main() -> None:
     for row in args.rows.split(","):
         if row == "model" and model is None:
             continue
+        row_flow = flow
         if row == "toy":
             den = toy_denoiser(args.steps)
-            z = F.avg_pool2d(prep.x_up, 8)[:, :3]
-            z = torch.cat([z, z[:, :1]], 1)
+            z, row_flow = latent_clip(args.frames, *prep.latent_size)
         else:
             ctx = torch.zeros(1, 7, model.unet.config["context_dim"]) if model.text_encoder is None else None
             den = model_denoiser(model, ctx)
@@ -126,11 +137,11 @@ def main() -> None:
         for mode in ("official", "overlap"):
             def run():
                 with torch.no_grad():
-                    return sample_mgld_latents(den, z.to(device), flow.to(device), steps=args.steps, seed=42,
+                    return sample_mgld_latents(den, z.to(device), row_flow.to(device), steps=args.steps, seed=42,
                                                segment_mode=mode, segment_overlap=args.overlap, tile=args.tile,
                                                tile_batch=args.tile_batch, device=device)
             lat, sec, mib = measure(f"{row}/{mode}", run, device)
-            lb, li = seam_error(lat, flow)
+            lb, li = seam_error(lat, row_flow)
             fs = "-"
             if row == "model":
                 frames = decode_mgld(model, lat, lr, dec_w=1.0, color_fix="adain", upscale=4, min_side=0)
