@@ -8,7 +8,7 @@ import torch
 from pack import load_pack
 
 from vsr_core.flow import DIS_PRESETS, VideoFlow
-from vsr_core.synthetic import camera_path, render_views, smooth_texture
+from vsr_core.synthetic import render_views, smooth_texture
 
 PACK = load_pack()
 Node = PACK.NODE_CLASS_MAPPINGS["VSR_FlowGuidance"]

@@ -525,7 +525,7 @@ class UNetVideoModel(ModelMixin, ConfigMixin):
             raise ValueError(f"UNetVideoModel expects [B, C, T, H, W] tensors, got sample {tuple(sample.shape)} "
                              f"and low_res {tuple(low_res.shape)}")
         x = torch.cat([sample, low_res.to(sample.dtype)], dim=1)
-        b, frames = x.shape[0], x.shape[2]
+        b = x.shape[0]
         if self.config.center_input_sample:
             x = 2 * x - 1.0
         up_factor = 2 ** self.num_upsamplers

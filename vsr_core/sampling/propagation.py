@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 from torch import Tensor
 
 from ..flow.occlusion import fb_consistency_uav
