@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import REPO, resolve_devices, run_child
+from common import REPO, method_table, resolve_devices, run_child
 
 CHILD = r"""
 import json, os, sys, time
@@ -124,22 +124,8 @@ def main() -> None:
     devices = resolve_devices(args.devices)
     print(f"{args.frames} frames, LR {args.lr} (x4 out), {args.steps} DDIM steps, CFG 6, random weights, "
           f"{args.threads} CPU threads, tile {args.tile}")
-    print(f"{'arch':<5} {'device':<6} {'sampler':<10} {'params M':>9} {'s/frame':>9} {'s/frame/step':>12} "
-          f"{'vs per_frame':>12} {'work MiB':>9} {'peak MiB':>9}")
-    for arch in args.archs.split(","):
-        for device in devices:
-            ref = None
-            for mode in args.modes.split(","):
-                r, err = run(arch, mode, device, args)
-                if r is None:
-                    print(f"{arch:<5} {device:<6} {mode:<10} failed: {err}")
-                    continue
-                spf = r["seconds"] / args.frames
-                ref = spf if mode == "per_frame" else ref
-                rel = f"{spf / ref:.2f}x" if ref else "-"
-                print(f"{arch:<5} {device:<6} {mode:<10} {r['params'] / 1e6:>9.1f} {spf:>9.3f} "
-                      f"{spf / args.steps:>12.4f} {rel:>12} {r['work'] / 2**20:>9.0f} {r['peak'] / 2**20:>9.0f}")
-
+    method_table(args.archs.split(","), devices, args.modes.split(","),
+                 lambda arch, mode, device: run(arch, mode, device, args), args.frames, args.steps)
 
 if __name__ == "__main__":
     main()
