@@ -45,6 +45,11 @@ def set_directory(kind: str, path: str | os.PathLike) -> None:
     _overrides[kind] = str(path)
 
 
+def reset_directories() -> None:
+    """Forget every ``set_directory`` override."""
+    _overrides.clear()
+
+
 def _directory(kind: str) -> str:
     if kind in _overrides:
         return _overrides[kind]

@@ -1,8 +1,10 @@
 """Import the repository the way ComfyUI does: as a package named after its folder, from its __init__.py."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,3 +19,16 @@ def load_pack(name: str = PACK_NAME):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def comfy_folders(**folders):
+    """Point the pack's ComfyUI adapter at these folders (input=..., output=..., temp=..., models=...)
+    for the block, as ComfyUI's folder_paths would; the overrides are dropped afterwards."""
+    adapter = importlib.import_module(f"{load_pack().__name__}.nodes.comfy_adapter")
+    for kind, path in folders.items():
+        adapter.set_directory(kind, path)
+    try:
+        yield
+    finally:
+        adapter.reset_directories()

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 import torch
-from pack import load_pack
+from pack import comfy_folders, load_pack
 
 from vsr_core.loaders.tiny import write_tiny_sd_x4, write_tiny_sd_x4_single_file, write_tiny_stablevsr
 
@@ -25,9 +25,8 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def use_models(models):
-    adapter.set_directory("models", models)
-    yield models
-    adapter._overrides.clear()
+    with comfy_folders(models=models):
+        yield models
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +142,8 @@ def method_models(tmp_path_factory):
 
 @pytest.fixture
 def use_method_models(method_models):
-    adapter.set_directory("models", method_models)
-    yield method_models
-    adapter._overrides.clear()
+    with comfy_folders(models=method_models):
+        yield method_models
 
 
 def test_uav_sampler_node(use_method_models, clip):

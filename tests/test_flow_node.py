@@ -1,18 +1,15 @@
 """VSR_FlowGuidance: DIS and RAFT engines through the node, outputs a user sees."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
-from pack import load_pack
+from pack import comfy_folders, load_pack
 
 from vsr_core.flow import DIS_PRESETS, VideoFlow
 from vsr_core.synthetic import render_views, smooth_texture
 
 PACK = load_pack()
 Node = PACK.NODE_CLASS_MAPPINGS["VSR_FlowGuidance"]
-adapter = importlib.import_module(f"{PACK.__name__}.nodes.comfy_adapter")
 
 
 def test_dis_preset_ids_are_opencv_constants():
@@ -34,9 +31,8 @@ def pan_clip():
 
 @pytest.fixture
 def models(tmp_path):
-    adapter.set_directory("models", tmp_path / "models")
-    yield tmp_path / "models"
-    adapter._overrides.clear()
+    with comfy_folders(models=tmp_path / "models"):
+        yield tmp_path / "models"
 
 
 def test_dis_node_outputs(pan_clip):

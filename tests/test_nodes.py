@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from media import frame_index, indexed_frames, write_video
-from pack import REPO, load_pack
+from pack import REPO, comfy_folders, load_pack
 
 PACK = load_pack()
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
@@ -24,9 +24,8 @@ def folders(tmp_path):
     """ComfyUI-like input/output/temp/models folders for nodes run without ComfyUI."""
     for kind in ("input", "output", "temp", "models"):
         (tmp_path / kind).mkdir()
-        adapter.set_directory(kind, tmp_path / kind)
-    yield tmp_path
-    adapter._overrides.clear()
+    with comfy_folders(**{k: tmp_path / k for k in ("input", "output", "temp", "models")}):
+        yield tmp_path
 
 
 def test_pack_registers_its_nodes_with_the_prefix_and_one_category():

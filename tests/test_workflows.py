@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pack import load_pack
+from pack import comfy_folders, load_pack
 from workflow_tools import GRAPHS, build, run_api, to_api, validate
 
 PACK = load_pack()
@@ -70,17 +70,15 @@ FAST = {"VSR_StableVSRSampler": {"steps": 2}, "VSR_UpscaleAVideoSampler": {"step
 def test_workflow_runs_on_tiny_models(tmp_path, name):
     """The shipped workflow, converted to an API prompt, runs on tiny random weights in the official
     layouts (fewer steps), and writes a video of the expected size."""
-    import importlib
 
     from media import indexed_frames, write_video
 
     from vsr_core.io import probe
 
-    adapter = importlib.import_module(f"{PACK.__name__}.nodes.comfy_adapter")
-    for kind in ("input", "output", "temp", "models"):
+    kinds = ("input", "output", "temp", "models")
+    for kind in kinds:
         (tmp_path / kind).mkdir()
-        adapter.set_directory(kind, tmp_path / kind)
-    try:
+    with comfy_folders(**{k: tmp_path / k for k in kinds}):
         _tiny_models(name, tmp_path / "models")
         frames = indexed_frames(5, 16, 24)
         frames[..., 0] = torch.linspace(0, 255, 24).to(torch.uint8).numpy()  # some texture for the flow
@@ -89,8 +87,6 @@ def test_workflow_runs_on_tiny_models(tmp_path, name):
         for node in prompt.values():
             node["inputs"].update(FAST.get(node["class_type"], {}))
         out = run_api(prompt, MAPPINGS)
-    finally:
-        adapter._overrides.clear()
     saved = next(v for k, v in out.items() if prompt[k]["class_type"] == "VSR_SaveVideo")[0]
     info = probe(saved)
     assert (info.width, info.height, info.num_frames) == (96, 64, 5) and info.fps == pytest.approx(12)
