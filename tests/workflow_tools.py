@@ -8,7 +8,7 @@ pack's own node definitions, so widget order always matches ``INPUT_TYPES``:
 ``validate`` checks a UI workflow the way the frontend + server would: node types exist, links join
 matching types, every required input is linked or has a widget value, widget values are in range, in
 the positional order the frontend uses (including the ``control_after_generate`` entry after a seed
-and the upload button's entry after an upload combo). ``to_api`` converts it to a ``/prompt`` body.
+and the upload button's entry after the last widget of a node with an upload combo). ``to_api`` converts it to a ``/prompt`` body.
 """
 from __future__ import annotations
 
@@ -37,8 +37,13 @@ def _is_widget(kind, opts) -> bool:
 
 
 def widget_slots(cls) -> list[tuple[str, object, dict]]:
-    """Positional widgets_values layout: (input name or a '#control'/'#upload' extra, kind, opts)."""
-    slots = []
+    """Positional widgets_values layout: (input name or a '#control'/'#upload' extra, kind, opts).
+
+    As the frontend (1.32) serializes a node: one entry per widget input in INPUT_TYPES order, a seed's
+    ``control_after_generate`` right after it, and the upload button (added once every input widget
+    exists) last, with the value "image" — checked against the real frontend in headless Chromium.
+    """
+    slots, upload = [], False
     for name, kind, opts, _ in _inputs(cls):
         if not _is_widget(kind, opts):
             continue
@@ -46,7 +51,9 @@ def widget_slots(cls) -> list[tuple[str, object, dict]]:
         if kind == "INT" and (name in ("seed", "noise_seed") or opts.get("control_after_generate")):
             slots.append(("#control", ["fixed", "increment", "decrement", "randomize"], {}))
         if isinstance(kind, list) and (opts.get("video_upload") or opts.get("image_upload")):
-            slots.append(("#upload", None, {}))
+            upload = True
+    if upload:
+        slots.append(("#upload", None, {}))
     return slots
 
 
@@ -355,6 +362,27 @@ GRAPHS["MGLD"] = {
                "mirror huggingface.co/Iceclear/MGLD-VSR) in ComfyUI/models/vsr/mgld/MGLD/; `python -m vsr_core "
                "convert` turns them into .safetensors once. Published: 50 steps, motion guidance -10, 5-frame "
                "segments, dec_w 1, AdaIN colour fix; 'overlap' removes the seams between segments.", (0, 700))],
+}
+
+
+GRAPHS["QuickStart"] = {
+    "id": "5c2a7e90-1f3b-4d68-8e0a-9b4d2c6f7a03",
+    "nodes": {
+        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 0}, (0, 0)),
+        "upscale": ("VSR_VideoUpscaler", {"scale": 4, "method": "learned"}, (380, 0)),
+        "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/QuickStart"}, (760, 0)),
+    },
+    "links": [
+        ("load", 0, "upscale", "frames"),
+        ("upscale", 0, "save", "images"),
+        ("load", 2, "save", "fps"),
+        ("load", 3, "save", "audio"),
+    ],
+    "models": [],
+    "notes": [("Quick start: no download needed. The pack's own learned multi-frame upscaler (weights ship with "
+               "the pack) upscales x4 (or x2); switch 'method' to bicubic or lanczos to compare, or connect core's "
+               "'Load Upscale Model' to the upscale_model input to use an ESRGAN/SPAN/SwinIR file you have. Pick "
+               "your clip in the loader (frame_load_cap limits the frames for a first try).", (0, 420))],
 }
 
 

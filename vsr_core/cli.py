@@ -1,10 +1,11 @@
 """Command line: batch work without the ComfyUI graph.
 
-    python -m vsr_core upscale IN OUT --scale 4 [--method bicubic] [--frames N] [--skip N] [--nth N]
+    python -m vsr_core upscale IN OUT --scale 4 [--method learned] [--frames N] [--skip N] [--nth N]
     python -m vsr_core demo [--out DIR]          # the README's main job on the bundled clip
     python -m vsr_core render IMAGE OUT_LR.mp4   # a clip with known ground truth (virtual camera)
     python -m vsr_core probe IN
     python -m vsr_core convert mgldvsr_unet.ckpt       # one-time safe .ckpt -> .safetensors
+    python -m vsr_core train-upscaler [--steps N]      # (re)train the learned upscaler; rerun resumes
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def cmd_upscale(args) -> int:
     try:
         out = upscale_file(src, dst, scale=args.scale, method=args.method, selection=sel, chunk=args.chunk,
                            fmt=args.format or format_for_path(dst), crf=args.crf, pix_fmt=args.pix_fmt, device=_resolve_device(args.device),
-                           compare_png=args.compare, keep_audio=not args.no_audio, progress=report)
+                           compare_png=args.compare, keep_audio=not args.no_audio, progress=report,
+                           weights=getattr(args, "weights", None), tile=getattr(args, "tile", 0))
     finally:
         close()
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s" + (f"; comparison: {args.compare}" if args.compare else ""))
@@ -71,7 +73,8 @@ def cmd_demo(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     ns = argparse.Namespace(input=str(DEMO_CLIP), output=str(out_dir / "demo_x4.mp4"), scale=4, method=args.method,
                             frames=0, skip=0, nth=1, chunk=0, format=None, crf=17, pix_fmt=None,
-                            device=args.device, compare=str(out_dir / "demo_compare.png"), no_audio=False)
+                            device=args.device, compare=str(out_dir / "demo_compare.png"), no_audio=False,
+                            weights=None, tile=0)
     print(f"Upscaling the bundled clip {DEMO_CLIP.name} x4 with '{args.method}' -> {out_dir}/")
     return cmd_upscale(ns)
 
@@ -121,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("input")
     u.add_argument("output")
     u.add_argument("--scale", type=int, default=4, choices=(2, 4))
-    u.add_argument("--method", default="bicubic", choices=UPSCALE_METHODS)
+    u.add_argument("--method", default="learned", choices=UPSCALE_METHODS,
+                   help="learned (default: the pack's multi-frame upscaler, weights embedded), bicubic or lanczos")
+    u.add_argument("--weights", default=None, help="a learned-upscaler file of your own (default: the embedded one)")
+    u.add_argument("--tile", type=int, default=0, help="learned: LR tile side to bound memory (0 = whole frames)")
     u.add_argument("--frames", type=int, default=0, help="frame_load_cap: at most this many frames (0 = all)")
     u.add_argument("--skip", type=int, default=0, help="skip_first_frames")
     u.add_argument("--nth", type=int, default=1, help="select_every_nth")
@@ -137,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="upscale the bundled demo clip x4 (mp4 + comparison PNG)")
     d.add_argument("--out", default="out")
-    d.add_argument("--method", default="bicubic", choices=UPSCALE_METHODS)
+    d.add_argument("--method", default="learned", choices=UPSCALE_METHODS)
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
 
@@ -159,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("input")
     cv.add_argument("output", nargs="?", default=None, help="default: the input name with .safetensors")
     cv.set_defaults(func=cmd_convert)
+
+    t = sub.add_parser("train-upscaler", help="train the learned video upscaler (resumable; see vsr_core/training)")
+    from .training.upscaler import add_arguments, main_from_args
+    add_arguments(t)
+    t.set_defaults(func=main_from_args)
 
     pr = sub.add_parser("probe", help="print a video's metadata as JSON")
     pr.add_argument("input")

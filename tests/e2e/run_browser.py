@@ -1,0 +1,136 @@
+"""Run a shipped workflow the way a user does: in the real frontend, in headless Chromium.
+
+Needs a running ComfyUI with this pack loaded, Chromium (Debian's ``chromium``; no browser download)
+and the ``playwright`` Python package. The workflow is loaded with the frontend's own
+``app.loadGraphData``, widgets are overridden by node type (``--set TYPE.widget=value``), the graph is
+turned into a prompt by the frontend's ``app.graphToPrompt`` and queued; the script waits for the
+history entry and prints a JSON summary (status, outputs per node, browser-console errors, and those
+that come from this pack's extension). Exit code 0 only when the run succeeded and our extension
+logged no error.
+
+    python tests/e2e/run_browser.py --url http://127.0.0.1:8188 --workflow workflows/QuickStart.json \\
+        --set VSR_LoadVideoFrames.video=clip.mp4 --set VSR_LoadVideoFrames.frame_load_cap=6
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+PACK_MARKERS = ("DiffusionVSR", "vsr_", "VSR_")
+
+LOAD_AND_QUEUE = """
+async ([workflow, overrides]) => {
+  const app = window.app ?? window.comfyAPI?.app?.app;
+  await app.loadGraphData(workflow, true, true);
+  const missing = [];
+  for (const [type, widget, value] of overrides) {
+    const nodes = app.graph._nodes.filter((n) => n.type === type);
+    if (!nodes.length) { missing.push(type); continue; }
+    for (const node of nodes) {
+      const w = node.widgets?.find((x) => x.name === widget);
+      if (!w) { missing.push(`${type}.${widget}`); continue; }
+      w.value = value;
+      w.callback?.(value);
+    }
+  }
+  const prompt = await app.graphToPrompt();
+  const api = window.comfyAPI?.api?.api;
+  const nodes = Object.keys(prompt.output).length;
+  if (api?.queuePrompt) {  // the frontend's own queue call: carries this page's client_id, so the
+    try {                  // "executed" messages come back to these nodes as they do for a user
+      const body = await api.queuePrompt(0, prompt);
+      return {status: 200, body, missing, nodes};
+    } catch (e) {
+      return {status: 400, body: e?.response ?? String(e), missing, nodes};
+    }
+  }
+  const res = await fetch("/prompt", {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({prompt: prompt.output, extra_data: {extra_pnginfo: {workflow: prompt.workflow}}})});
+  return {status: res.status, body: await res.json(), missing, nodes};
+}
+"""
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def run(url: str, workflow: Path, overrides: list[tuple[str, str, object]], timeout: float,
+        chromium: str | None = None) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    wf = json.loads(workflow.read_text())
+    console: list[dict] = []
+    chromium = chromium or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise RuntimeError("Chromium not found (apt install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda m: console.append({"type": m.type, "text": m.text}))
+        page.on("pageerror", lambda e: console.append({"type": "pageerror", "text": str(e)}))
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_function("() => (window.app ?? window.comfyAPI?.app?.app)?.graph != null", timeout=120_000)
+        page.wait_for_timeout(1500)  # extensions finish registering
+        queued = page.evaluate(LOAD_AND_QUEUE, [wf, overrides])
+        result = {"workflow": workflow.name, "queued": queued}
+        body = queued.get("body")
+        pid = body.get("prompt_id") if isinstance(body, dict) else None
+        if queued["status"] != 200 or not pid:
+            result["status"] = "rejected"
+        else:
+            t0 = time.time()
+            while time.time() - t0 < timeout:
+                hist = page.evaluate("async (id) => (await (await fetch('/history/' + id)).json())", pid)
+                if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+                    entry = hist[pid]
+                    result["status"] = entry["status"].get("status_str")
+                    result["messages"] = [m for m in entry["status"].get("messages", [])
+                                          if m[0] in ("execution_error", "execution_interrupted")]
+                    result["outputs"] = entry.get("outputs", {})
+                    break
+                page.wait_for_timeout(1000)
+            else:
+                result["status"] = "timeout"
+        page.wait_for_timeout(500)
+        result["seconds"] = round(time.time() - t0, 1) if pid else None
+        result["widgets_text"] = page.evaluate(
+            "() => [...document.querySelectorAll('pre.vsr-metrics')].map((e) => e.textContent)")
+        browser.close()
+    errors = [c for c in console if c["type"] in ("error", "pageerror")]
+    result["console_errors"] = errors
+    result["pack_console_errors"] = [c for c in errors if any(m in c["text"] for m in PACK_MARKERS)]
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default="http://127.0.0.1:8188")
+    p.add_argument("--workflow", required=True, type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="TYPE.widget=value",
+                   help="override a widget on every node of TYPE (value parsed as JSON when possible)")
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--chromium", default=None)
+    args = p.parse_args(argv)
+    overrides = []
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node_type, _, widget = key.partition(".")
+        if not widget:
+            p.error(f"--set wants TYPE.widget=value, got {item!r}")
+        overrides.append((node_type, widget, _value(value)))
+    result = run(args.url, args.workflow, overrides, args.timeout, args.chromium)
+    print(json.dumps(result, indent=2))
+    ok = result["status"] == "success" and not result["pack_console_errors"] and not result["queued"]["missing"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

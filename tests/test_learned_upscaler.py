@@ -1,0 +1,372 @@
+"""The learned video upscaler: the attention it documents, seamless chunks and tiles, the embedded
+weights (and that they beat bicubic), loading errors, and the training script end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vsr_core.loaders.video_upscaler import DEFAULT_WEIGHTS, load_video_upscaler, save_video_upscaler
+from vsr_core.metrics import psnr
+from vsr_core.models.video_upscaler import TemporalWindowAttention, VideoUpscaler, VideoUpscalerConfig
+from vsr_core.synthetic import make_clip, smooth_texture
+from vsr_core.upscale import LearnedUpscaler, bicubic, upscale_file, upscale_frames
+
+TINY = VideoUpscalerConfig(channels=8, attn_channels=4, heads=2, radius=2, window=3, num_blocks=1)
+
+
+def _tiny(seed=0, **kw) -> VideoUpscaler:
+    torch.manual_seed(seed)
+    m = VideoUpscaler(VideoUpscalerConfig(**{**TINY.__dict__, **kw})).eval()
+    with torch.no_grad():  # non-zero heads so the residual path matters
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def _reference_attention(attn: TemporalWindowAttention, feat: torch.Tensor) -> torch.Tensor:
+    """The module's equation written the slow, obvious way: softmax over every (frame, offset) key."""
+    b, n, c, h, w = feat.shape
+    r, k, heads = attn.radius, attn.window, attn.heads
+    flat = feat.flatten(0, 1)
+    pad = lambda x: F.pad(x, (k // 2,) * 4, mode="replicate")  # noqa: E731
+    K = F.unfold(pad(attn.to_k(flat)), k).view(b, n, heads, -1, k * k, h * w)
+    V = F.unfold(pad(attn.to_v(flat)), k).view(b, n, heads, -1, k * k, h * w)
+    out = []
+    for i in range(n - 2 * r):
+        q = attn.to_q(feat[:, r + i]).view(b, heads, -1, 1, h * w)
+        keys = torch.cat([K[:, i + j] for j in range(2 * r + 1)], 3)  # [b, heads, d, (2r+1)k², hw]
+        vals = torch.cat([V[:, i + j] for j in range(2 * r + 1)], 3)
+        a = ((q * keys).sum(2, keepdim=True) * attn.scale).softmax(3)
+        out.append((a * vals).sum(3).reshape(b, c, h, w))
+    return attn.to_out(torch.stack(out, 1).flatten(0, 1)).unflatten(0, (b, n - 2 * r))
+
+
+def test_temporal_window_attention_matches_its_equation():
+    m = _tiny()
+    feat = torch.randn(2, 7, 8, 9, 11)
+    with torch.no_grad():
+        fast = m.attn(feat)
+        with torch.enable_grad():
+            fast_grad_path = m.attn(feat)
+        ref = _reference_attention(m.attn, feat)
+    assert fast.shape == (2, 3, 8, 9, 11)
+    assert torch.allclose(fast, ref, atol=1e-5)
+    assert torch.allclose(fast_grad_path, ref, atol=1e-5)  # the training (out-of-place) path agrees
+
+
+def test_model_shapes_heads_and_errors():
+    m = _tiny()
+    x = torch.rand(6, 3, 10, 12)
+    with torch.no_grad():
+        assert m(x, 4).shape == (2, 3, 40, 48)
+        assert m(x, 2).shape == (2, 3, 20, 24)
+        assert m(x.unsqueeze(0).repeat(3, 1, 1, 1, 1), 4).shape == (3, 2, 3, 40, 48)
+    with pytest.raises(ValueError, match="no x3 head"):
+        m(x, 3)
+    with pytest.raises(ValueError, match="more than 4 frames"):
+        m(x[:4], 4)
+    with pytest.raises(ValueError, match="unknown VideoUpscaler config keys"):
+        VideoUpscalerConfig.from_dict({"channelz": 3})
+
+
+def test_a_flat_clip_stays_flat_and_a_still_clip_needs_no_neighbours():
+    """Residual on top of bicubic: a constant clip comes out constant only if the heads learned it, so
+    check the structural fact instead: with zero heads the output is exactly bicubic of the centre."""
+    m = _tiny()
+    with torch.no_grad():
+        for head in m.heads.values():
+            head.conv.weight.zero_()
+            head.conv.bias.zero_()
+    frames = torch.rand(7, 12, 14, 3)
+    up = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=3)
+    assert torch.allclose(up, bicubic(frames, 4), atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+def test_chunked_equals_whole(chunk):
+    m = _tiny()
+    frames = torch.rand(9, 14, 18, 3)
+    whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=9)
+    parts = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=chunk)
+    assert whole.shape == (9, 56, 72, 3)
+    assert torch.allclose(whole, parts, atol=1e-6)
+    # the first/last frames see repeated edge frames, exactly as if the clip had been padded
+    padded = torch.cat([frames[:1].repeat(2, 1, 1, 1), frames, frames[-1:].repeat(2, 1, 1, 1)])
+    with torch.no_grad():
+        direct = m(padded.permute(0, 3, 1, 2), 4).clamp(0, 1).permute(0, 2, 3, 1)
+    assert torch.allclose(whole, direct, atol=1e-5)
+
+
+def test_short_clips_and_single_frames_work():
+    m = _tiny()
+    for t in (1, 2, 4):
+        out = upscale_frames(torch.rand(t, 10, 10, 3), 2, LearnedUpscaler(m, 2), chunk=1)
+        assert out.shape == (t, 20, 20, 3)
+
+
+def test_spatial_tiles_equal_one_pass():
+    m = _tiny(num_blocks=2)
+    frames = torch.rand(5, 70, 90, 3)
+    whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=5)
+    tiled = upscale_frames(frames, 4, LearnedUpscaler(m, 4, tile=32), chunk=5)
+    assert torch.allclose(whole, tiled, atol=1e-5)
+
+
+def test_receptive_radius_bounds_where_one_pixel_can_reach():
+    m = _tiny(num_blocks=2)
+    x = torch.rand(5, 3, 60, 60)
+    y = x.clone()
+    y[2, :, 30, 30] += 0.5
+    with torch.no_grad():
+        diff = (m(y, 4) - m(x, 4)).abs().amax((0, 1))
+    rows, cols = torch.nonzero(diff > 0, as_tuple=True)
+    r = m.receptive_radius
+    assert rows.numel() and rows.min() >= (30 - r) * 4 and rows.max() < (31 + r) * 4
+    assert cols.min() >= (30 - r) * 4 and cols.max() < (31 + r) * 4
+
+
+def test_streamed_file_equals_in_memory(tmp_path):
+    from vsr_core.io import FrameSelection, load_video, save_video
+
+    m = _tiny()
+    weights = save_video_upscaler(m, tmp_path / "mine.safetensors")
+    frames = torch.from_numpy(np.stack([smooth_texture(16, 20, seed=i) for i in range(11)])).float() / 255
+    src = save_video(frames, tmp_path / "in.mkv", fps=10, fmt="mkv (ffv1 lossless)")
+    out = upscale_file(src, tmp_path / "out.mkv", scale=2, method="learned", chunk=3, fmt="mkv (ffv1 lossless)",
+                       weights=weights, selection=FrameSelection())
+    streamed = load_video(out)[0]
+    loaded = load_video(src)[0]
+    ref = upscale_frames(loaded, 2, LearnedUpscaler(load_video_upscaler(weights), 2), chunk=11)
+    assert streamed.shape == (11, 32, 40, 3)
+    assert (streamed - ref).abs().max() <= 1 / 255 + 1e-6  # 8-bit rounding only
+
+
+def test_weights_roundtrip_and_clear_errors(tmp_path):
+    m = _tiny(seed=3)
+    path = save_video_upscaler(m, tmp_path / "w.safetensors", {"note": "x"})
+    back = load_video_upscaler(path)
+    assert back.config.to_dict() == m.config.to_dict()
+    for a, b in zip(m.state_dict().values(), back.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="models/vsr/upscaler"):
+        load_video_upscaler(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"conv_first.weight": torch.zeros(1)}, str(tmp_path / "esrgan.safetensors"))
+    with pytest.raises(ValueError, match="Load Upscale Model"):
+        load_video_upscaler(tmp_path / "esrgan.safetensors")
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("heads.x2")}
+    from vsr_core.loaders.video_upscaler import CONFIG_KEY
+
+    save_file(state, str(tmp_path / "cut.safetensors"), metadata={CONFIG_KEY: json.dumps(m.config.to_dict())})
+    with pytest.raises(ValueError, match="missing key"):
+        load_video_upscaler(tmp_path / "cut.safetensors")
+
+
+def test_embedded_weights_are_small_and_fast_enough_to_ship():
+    assert DEFAULT_WEIGHTS.is_file(), "the pack must ship its learned upscaler"
+    assert DEFAULT_WEIGHTS.stat().st_size < 5 * 1024 ** 2
+    m = load_video_upscaler()
+    assert set(m.scales) == {2, 4} and m.radius >= 2  # multi-frame, both factors
+
+
+def _y_psnr_gain(lr, hr, scale, model):
+    up = upscale_frames(lr, scale, LearnedUpscaler(model, scale), chunk=8)
+    ours = psnr(up, hr, y_channel=True, crop=scale * 2).mean().item()
+    base = psnr(bicubic(lr, scale), hr, y_channel=True, crop=scale * 2).mean().item()
+    return ours - base
+
+
+def test_embedded_model_beats_bicubic_on_an_unseen_real_clip(shared_data):
+    """cockatoo.mp4 (real handheld footage, never used in training) as ground truth, BI-degraded x4 and x2."""
+    from vsr_core.io import FrameSelection, load_video
+    from vsr_core.synthetic import bicubic_downscale
+
+    hr = load_video(shared_data / "clips" / "cockatoo.mp4", FrameSelection(skip_first=40, cap=8))[0]
+    hr = F.interpolate(hr.permute(0, 3, 1, 2), size=(192, 336), mode="area").permute(0, 2, 3, 1).contiguous()
+    model = load_video_upscaler()
+    for scale, margin in ((4, 1.0), (2, 1.0)):
+        lr = (bicubic_downscale(hr, scale) * 255).round() / 255
+        assert _y_psnr_gain(lr, hr, scale, model) > margin
+
+
+def test_embedded_model_beats_bicubic_on_a_rendered_clip():
+    """Always-on check (no shared data): a virtual-camera clip of the bundled demo frames, x2 BI."""
+    from vsr_core.cli import DEMO_CLIP
+    from vsr_core.io import FrameSelection, load_video
+
+    src = load_video(DEMO_CLIP, FrameSelection(cap=1))[0][0]
+    image = (src.numpy() * 255).round().astype(np.uint8)
+    hr, lr = make_clip(image, num_frames=7, hr_hw=(80, 112), scale=2, motion="pan", amplitude=0.2)
+    lr = (lr * 255).round() / 255
+    assert _y_psnr_gain(lr, hr, 2, load_video_upscaler()) > 1.0
+
+
+def test_training_script_trains_resumes_and_exports(tmp_path):
+    import cv2
+
+    from vsr_core.cli import main
+    from vsr_core.training.data import WindowSampler
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(images / f"tex{i}.png"), smooth_texture(160, 200, seed=i, octaves=6))
+    cv2.imwrite(str(images / "chelsea.png"), smooth_texture(120, 160, seed=9, octaves=6))  # stands in for held-out
+    args = ["train-upscaler", "--images", str(images), "--workdir", str(tmp_path / "run"), "--steps", "4",
+            "--batch", "2", "--lr-patch", "16", "--channels", "8", "--blocks", "1", "--save-every", "2",
+            "--warmup", "1", "--eval-frames", "5", "--no-fetch"]
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    # interrupt after the first checkpoint: a rerun of the same command resumes from it
+    import vsr_core.training.upscaler as tr
+
+    real_save = tr._save_checkpoint
+
+    def save_then_stop(path, model, opt, step, cfg, losses):
+        real_save(path, model, opt, step, cfg, losses)
+        raise KeyboardInterrupt
+
+    tr._save_checkpoint = save_then_stop
+    try:
+        assert main(args) == 130
+    finally:
+        tr._save_checkpoint = real_save
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    assert main(args) == 0
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 4 and len(saved["losses"]) == 4
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["heldout_images"] == ["chelsea.png"] and "chelsea.png" not in report["train_images"]
+    assert set(report["heldout_y_psnr"]) == {"x4", "x2"}
+    model = load_video_upscaler(tmp_path / "run" / "video_upscaler.safetensors")
+    assert model.config.channels == 8
+    with pytest.raises(ValueError, match="other settings"):
+        tr.train(tr.TrainConfig(images=str(images), workdir=str(tmp_path / "run"), steps=5, batch=2, lr_patch=16,
+                                channels=8, blocks=1, fetch=False), progress=False)
+    # batches depend only on (seed, step): what a resumed run sees is what it would have seen
+    from vsr_core.training.data import load_images
+
+    s = WindowSampler(load_images(images, ["tex0.png", "tex1.png"]), lr_patch=16)
+    a, b = s.batch(7, 3, 4), s.batch(7, 3, 4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (3, 5, 3, 16, 16) and a[1].shape == (3, 3, 64, 64)
+    assert torch.equal(a[0], (a[0] * 255).round() / 255)  # 8-bit like a real video
+
+
+def test_window_sampler_centre_is_the_truth_of_its_low_res_frame():
+    from vsr_core.synthetic import bicubic_downscale
+    from vsr_core.training.data import WindowSampler
+
+    img = smooth_texture(300, 300, seed=1, octaves=6)
+    s = WindowSampler({"t": img}, lr_patch=24, max_motion=2.0)
+    lr, hr = s.batch(0, 4, 4)
+    ref = bicubic_downscale(hr.permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)
+    assert (lr[:, 2] - ref).abs().max() <= 0.5 / 255 + 1e-6
+    assert (lr[:, 0] - lr[:, 2]).abs().mean() > 0  # neighbours are other views
+
+
+def test_image_credits_cover_every_photograph():
+    from vsr_core.training.data import HELDOUT_IMAGES, TRAIN_IMAGES, image_credits
+
+    table = image_credits()
+    assert not set(TRAIN_IMAGES) & set(HELDOUT_IMAGES)
+    for name in list(TRAIN_IMAGES) + list(HELDOUT_IMAGES):
+        assert name in table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in list(TRAIN_IMAGES) + list(HELDOUT_IMAGES):
+        assert name in readme, f"README must credit {name}"
+
+
+# ----------------------------------------------------------------------------- the node
+
+
+def _node():
+    from pack import load_pack
+
+    return load_pack().NODE_CLASS_MAPPINGS["VSR_VideoUpscaler"]
+
+
+def test_node_defaults_to_learned_and_matches_the_library():
+    cls = _node()
+    assert cls.INPUT_TYPES()["required"]["method"][1]["default"] == "learned"
+    frames = torch.rand(6, 12, 16, 3)
+    (up,) = cls().upscale(frames, 2, "learned", frames_per_chunk=4)
+    ref = upscale_frames(frames, 2, LearnedUpscaler(load_video_upscaler(), 2), chunk=6)
+    assert up.shape == (6, 24, 32, 3) and torch.allclose(up, ref, atol=1e-6)
+    (tiled,) = cls().upscale(frames, 2, "learned", frames_per_chunk=2, tile=32)
+    assert torch.allclose(tiled, ref, atol=1e-5)
+
+
+def test_node_uses_a_users_trained_weights(tmp_path):
+    from pack import comfy_folders
+
+    m = _tiny(seed=4)
+    (tmp_path / "models" / "vsr" / "upscaler").mkdir(parents=True)
+    save_video_upscaler(m, tmp_path / "models" / "vsr" / "upscaler" / "mine.safetensors")
+    cls = _node()
+    with comfy_folders(models=tmp_path / "models"):
+        assert "mine.safetensors" in cls.INPUT_TYPES()["optional"]["weights"][0]
+        frames = torch.rand(5, 10, 10, 3)
+        (up,) = cls().upscale(frames, 4, "learned", weights="mine.safetensors")
+    assert torch.allclose(up, upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=5), atol=1e-6)
+
+
+class _FakeDescriptor:
+    """What core's 'Load Upscale Model' hands over (a spandrel ImageModelDescriptor): callable on
+    [n, 3, h, w] in [0, 1], with ``scale``, ``dtype`` and ``to``."""
+
+    def __init__(self, scale):
+        self.scale, self.dtype, self.device, self.calls = scale, torch.float32, "cpu", []
+
+    def to(self, device):
+        self.device = str(device)
+        return self
+
+    def __call__(self, x):
+        self.calls.append(tuple(x.shape))
+        return F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+@pytest.mark.parametrize("model_scale,scale", [(4, 4), (2, 2), (4, 2), (2, 4)])
+def test_node_applies_an_upscale_model_per_frame_in_tiles(model_scale, scale):
+    frames = torch.rand(3, 40, 70, 3)
+    desc = _FakeDescriptor(model_scale)
+    (up,) = _node()().upscale(frames, scale, "bicubic", frames_per_chunk=2, upscale_model=desc, tile=32)
+    assert up.shape == (3, 40 * scale, 70 * scale, 3)
+    assert desc.device == "cpu"  # handed back to the CPU afterwards
+    assert max(max(s[-2:]) for s in desc.calls) <= 32  # tiles, not whole frames
+    x = frames.permute(0, 3, 1, 2)
+    whole = F.interpolate(x, scale_factor=model_scale, mode="nearest")
+    if model_scale > scale:
+        whole = F.interpolate(whole, size=up.shape[1:3], mode="area")
+    elif model_scale < scale:
+        whole = F.interpolate(whole, size=up.shape[1:3], mode="bicubic", align_corners=False)
+    assert torch.allclose(up, whole.clamp(0, 1).permute(0, 2, 3, 1), atol=1e-5)  # tiles blend seamlessly
+
+
+def test_node_rejects_what_is_not_an_upscale_model():
+    with pytest.raises(ValueError, match="Load Upscale Model"):
+        _node()().upscale(torch.rand(2, 8, 8, 3), 4, "learned", upscale_model=object())
+
+
+def test_image_model_retries_with_smaller_tiles_when_memory_runs_out():
+    from vsr_core.upscale import image_model_upscaler
+
+    seen = []
+
+    def picky(x):
+        seen.append(max(x.shape[-2:]))
+        if max(x.shape[-2:]) > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+
+    frames = torch.rand(1, 100, 150, 3)
+    up = image_model_upscaler(picky, 2, 2, tile=256)(frames)
+    assert up.shape == (1, 200, 300, 3) and seen[0] > 64 and max(seen[-3:]) <= 64
+    with pytest.raises(torch.OutOfMemoryError):
+        image_model_upscaler(lambda x: (_ for _ in ()).throw(torch.OutOfMemoryError("always")), 2, 2, tile=64)(frames)

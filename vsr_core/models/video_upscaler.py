@@ -1,0 +1,185 @@
+"""The pack's own learned video upscaler: small, multi-frame, fast on a CPU, trained here.
+
+SATeCo's first stage is a transformer video upscaler (two TMSA blocks from VRT + PixelShuffle x4,
+SATeCo §3, "video upscaler"). This is a small member of that family sized for a 2-core CPU:
+
+1. ``conv_in``: per-frame features (``channels``) of every low-resolution frame, computed once per frame.
+2. ``attn`` (:class:`TemporalWindowAttention`): for every pixel of the centre frame, attention over a
+   ``window x window`` neighbourhood in each of the ``2*radius + 1`` frames of its temporal window
+   (VRT's windowed self-attention across frames, with the window shrunk to one query pixel and a
+   small spatial neighbourhood). It gathers the neighbours' detail at the spots that match the
+   centre frame, which is what flow alignment does in other VSR models, without a flow network.
+3. ``fuse``: 1x1 conv of [centre features, attended features]; ``body``: residual blocks at LR.
+4. ``heads["x4"]`` / ``heads["x2"]``: conv to ``3*s*s`` channels + PixelShuffle(s), added to the
+   bicubic upscale of the centre frame (the network learns the residual).
+
+The temporal receptive field is exactly ``radius`` frames each way, so a long video can be processed in
+chunks that carry ``radius`` frames of context on each side and give the same result as one pass.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["VideoUpscalerConfig", "VideoUpscaler", "TemporalWindowAttention"]
+
+
+@dataclass
+class VideoUpscalerConfig:
+    channels: int = 32
+    attn_channels: int = 16
+    heads: int = 2
+    radius: int = 2
+    window: int = 3
+    num_blocks: int = 8
+    scales: tuple[int, ...] = (2, 4)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VideoUpscalerConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names - {"_class_name"})
+        if unknown:
+            raise ValueError(f"unknown VideoUpscaler config keys {unknown}")
+        kw = {k: v for k, v in d.items() if k in names}
+        if "scales" in kw:
+            kw["scales"] = tuple(int(s) for s in kw["scales"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        d["_class_name"] = "VideoUpscaler"
+        return d
+
+
+class TemporalWindowAttention(nn.Module):
+    """Attention of each centre-frame pixel over a ``window x window`` patch of each frame of its window.
+
+    Keys and values of all frames are computed once (``to_k``/``to_v``, 1x1); a query (``to_q``) from the
+    centre frame scores ``(2r+1) * window^2`` keys per head (scaled dot product), and the
+    softmax-weighted values are mixed by ``to_out``. Borders replicate (a pixel at the edge sees copies
+    of the edge, not zeros).
+    """
+
+    def __init__(self, channels: int, attn_channels: int, heads: int, radius: int, window: int):
+        super().__init__()
+        if attn_channels % heads or channels % heads:
+            raise ValueError(f"channels {channels} and attn_channels {attn_channels} must divide by heads {heads}")
+        if window % 2 == 0:
+            raise ValueError(f"window must be odd, got {window}")
+        self.heads, self.radius, self.window = heads, radius, window
+        self.to_q = nn.Conv2d(channels, attn_channels, 1)
+        self.to_k = nn.Conv2d(channels, attn_channels, 1)
+        self.to_v = nn.Conv2d(channels, channels, 1)
+        self.to_out = nn.Conv2d(channels, channels, 1)
+        self.scale = (attn_channels // heads) ** -0.5
+
+    def _split(self, x: Tensor) -> Tensor:
+        """``[M, C, H, W]`` -> replicate-padded ``[M, heads, C/heads, H + 2p, W + 2p]``."""
+        n, c, h, w = x.shape
+        p = self.window // 2
+        if p:
+            x = F.pad(x, (p, p, p, p), mode="replicate")
+        return x.view(n, self.heads, c // self.heads, h + 2 * p, w + 2 * p)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        """``feat``: ``[B, N, C, H, W]`` features of consecutive frames -> ``[B, N - 2r, C, H, W]`` (centres)."""
+        r, win = self.radius, self.window
+        b, n, c, h, w = feat.shape
+        if n <= 2 * r:
+            raise ValueError(f"need more than {2 * r} frames for a temporal window of radius {r}, got {n}")
+        flat = feat.flatten(0, 1)
+        k = self._split(self.to_k(flat)).unflatten(0, (b, n))
+        v = self._split(self.to_v(flat)).unflatten(0, (b, n))
+        q = self.to_q(feat[:, r:n - r].flatten(0, 1)).view(b, n - 2 * r, self.heads, -1, h, w) * self.scale
+        # A loop over the (frame, offset) pairs of the window reads shifted views of the padded keys and
+        # values; unfolding them instead would copy every feature window**2 times (memory-bound, ~10x slower).
+        keys = [(j, dy, dx) for j in range(2 * r + 1) for dy in range(win) for dx in range(win)]
+        outs = []
+        for i in range(n - 2 * r):
+            qi = q[:, i]
+            logits = torch.stack([(qi * k[:, i + j, :, :, dy:dy + h, dx:dx + w]).sum(2) for j, dy, dx in keys])
+            attn = logits.softmax(0).unsqueeze(3)  # [keys, B, heads, 1, H, W]
+            out = attn[0] * v[:, i, :, :, 0:h, 0:w]
+            for m, (j, dy, dx) in enumerate(keys[1:], 1):
+                shifted = v[:, i + j, :, :, dy:dy + h, dx:dx + w]
+                if torch.is_grad_enabled():
+                    out = out.addcmul(attn[m], shifted)
+                else:  # in place: no extra full-size temporary per key at inference
+                    out.addcmul_(attn[m], shifted)
+            outs.append(out.reshape(b, c, h, w))
+        return self.to_out(torch.stack(outs, 1).flatten(0, 1)).unflatten(0, (b, n - 2 * r))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.1))
+
+
+class UpscaleHead(nn.Module):
+    def __init__(self, channels: int, scale: int):
+        super().__init__()
+        self.scale = scale
+        self.conv = nn.Conv2d(channels, 3 * scale * scale, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.conv(x), self.scale)
+
+
+class VideoUpscaler(nn.Module):
+    """Low-resolution frames in [0, 1] -> the upscaled centre frames (not clamped)."""
+
+    def __init__(self, config: VideoUpscalerConfig | None = None):
+        super().__init__()
+        self.config = config = config or VideoUpscalerConfig()
+        c = config.channels
+        self.conv_in = nn.Conv2d(3, c, 3, padding=1)
+        self.attn = TemporalWindowAttention(c, config.attn_channels, config.heads, config.radius, config.window)
+        self.fuse = nn.Conv2d(2 * c, c, 1)
+        self.body = nn.Sequential(*[ResBlock(c) for _ in range(config.num_blocks)])
+        self.body_out = nn.Conv2d(c, c, 3, padding=1)
+        self.heads = nn.ModuleDict({f"x{s}": UpscaleHead(c, s) for s in config.scales})
+
+    @property
+    def radius(self) -> int:
+        return self.config.radius
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return self.config.scales
+
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels each side that can reach an output pixel: conv_in, attention window, two convs per
+        residual block, body_out, the head, and bicubic's 2-pixel support. Tiles with this much context
+        reassemble exactly."""
+        return 1 + self.config.window // 2 + 2 * self.config.num_blocks + 1 + 1 + 2
+
+    def forward(self, frames: Tensor, scale: int = 4) -> Tensor:
+        """``frames``: ``[B, N, 3, H, W]`` (or ``[N, 3, H, W]``) -> ``[B, N - 2r, 3, sH, sW]`` (or unbatched)."""
+        if f"x{scale}" not in self.heads:
+            raise ValueError(f"this upscaler has no x{scale} head (it has {list(self.config.scales)})")
+        unbatched = frames.dim() == 4
+        if unbatched:
+            frames = frames.unsqueeze(0)
+        r = self.radius
+        b, n = frames.shape[:2]
+        feat = F.leaky_relu(self.conv_in(frames.flatten(0, 1)), 0.1).unflatten(0, (b, n))
+        centre = feat[:, r:n - r].flatten(0, 1)
+        x = self.fuse(torch.cat([centre, self.attn(feat).flatten(0, 1)], 1))
+        x = x + self.body_out(self.body(x))
+        lr = frames[:, r:n - r].flatten(0, 1)
+        base = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+        out = (base + self.heads[f"x{scale}"](x)).unflatten(0, (b, n - 2 * r))
+        return out[0] if unbatched else out

@@ -1,0 +1,1 @@
+"""Training of the pack's own learned models (the video upscaler)."""

@@ -1,0 +1,260 @@
+"""Training and held-out data for the learned video upscaler: photographs filmed by a virtual camera.
+
+Every clip is rendered from a still photograph by a moving camera (pan, zoom, small rotation), so the
+high-resolution truth of every frame is exact; the low-resolution input is its bicubic x1/s
+(``BI``, the standard VSR degradation), quantised to 8 bits like a real video, optionally with a
+real-world mix (blur, noise, JPEG). The photographs are the sample images of scikit-image's wheel, each
+with its own licence (below, from the docstrings of ``skimage/data/_fetchers.py``). Two of them are held
+out: training never renders them, and the quality table is computed on them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..synthetic import bicubic_downscale, camera_path, render_views
+
+SKIMAGE_WHEEL = "scikit-image==0.26.0"
+
+# file in skimage/data -> (licence, credit). Colour photographs and greyscale textures/photographs.
+TRAIN_IMAGES = {
+    "astronaut.png": ("public domain", "NASA (Eileen Collins)"),
+    "coffee.png": ("CC0", "Rachel Michetti"),
+    "hubble_deep_field.jpg": ("public domain", "NASA"),
+    "ihc.png": ("no known copyright restrictions", "CMMI (immunohistochemistry)"),
+    "retina.jpg": ("CC0 1.0", "Mikael Häggström, Wikimedia Commons"),
+    "brick.png": ("CC0", "CC0Textures (Bricks25)"),
+    "grass.png": ("CC0", "linolafett, DeviantArt"),
+    "gravel.png": ("CC0", "CC0Textures (Gravel04)"),
+    "camera.png": ("CC0", "Lav Varshney"),
+    "coins.png": ("no known copyright restrictions", "Brooklyn Museum Collection"),
+    "cell.png": ("CC0", "Paul Müller (qpformat)"),
+    "text.png": ("public domain", "Wikipedia (Corner.png)"),
+}
+HELDOUT_IMAGES = {
+    "chelsea.png": ("CC0", "Stefan van der Walt"),
+    "rocket.jpg": ("public domain", "SpaceX"),
+}
+
+
+def fetch_images(dest: str | os.PathLike) -> Path:
+    """Put the sample photographs in ``dest`` (downloads scikit-image's wheel with pip once; no install)."""
+    dest = Path(dest)
+    wanted = list(TRAIN_IMAGES) + list(HELDOUT_IMAGES)
+    if all((dest / name).is_file() for name in wanted):
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    cache = dest / ".wheel"
+    wheels = sorted(cache.glob("scikit_image-*.whl")) if cache.is_dir() else []
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+               "-d", str(cache), SKIMAGE_WHEEL]
+        try:
+            subprocess.run(cmd, check=True)
+        except (subprocess.CalledProcessError, OSError) as e:
+            raise RuntimeError(f"could not download {SKIMAGE_WHEEL} with pip ({e}); put the images {wanted} "
+                               f"(from skimage/data in any scikit-image wheel) in {dest} yourself") from e
+        wheels = sorted(cache.glob("scikit_image-*.whl"))
+    with zipfile.ZipFile(wheels[-1]) as z:
+        for name in wanted:
+            (dest / name).write_bytes(z.read(f"skimage/data/{name}"))
+    return dest
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as ``[H, W, 3]`` uint8 RGB (grey is replicated, alpha dropped)."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    if img.dtype != np.uint8:
+        img = (img / np.iinfo(img.dtype).max * 255).round().astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[..., :3]
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def load_images(folder: str | os.PathLike, names=None) -> dict[str, np.ndarray]:
+    folder = Path(folder)
+    names = names if names is not None else sorted(
+        p.name for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"))
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing training images {missing} in {folder} (run with --fetch to get them)")
+    if not names:
+        raise FileNotFoundError(f"no images in {folder}")
+    return {n: load_image(folder / n) for n in names}
+
+
+@dataclass
+class Degradation:
+    """How the low-resolution frames are made from the truth: ``bicubic`` (BI) or ``mix`` (BI + real-world)."""
+
+    kind: str = "bicubic"
+
+    def __post_init__(self):
+        if self.kind not in ("bicubic", "mix"):
+            raise ValueError(f"degradation must be 'bicubic' or 'mix', got {self.kind!r}")
+
+    def __call__(self, hr: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
+        """``hr`` float ``[T, H, W, 3]`` -> uint8-quantised float ``[T, H/s, W/s, 3]``."""
+        x = hr
+        if self.kind == "mix" and rng.random() < 0.7:
+            x = _gaussian_blur(x, float(rng.uniform(0.2, 1.2)))
+        lr = bicubic_downscale(x, scale)
+        if self.kind == "mix":
+            if rng.random() < 0.5:
+                lr = lr + torch.randn(lr.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))) \
+                    * float(rng.uniform(0, 4)) / 255
+            if rng.random() < 0.5:
+                lr = _jpeg(lr, int(rng.integers(60, 96)))
+        return (lr.clamp(0, 1) * 255).round() / 255
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    y = x.permute(0, 3, 1, 2)
+    c = y.shape[1]
+    y = F.pad(y, (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    y = F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return y.permute(0, 2, 3, 1)
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    import cv2
+
+    out = []
+    for f in (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy():
+        ok, buf = cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy())
+    return torch.from_numpy(np.stack(out)).float() / 255
+
+
+class WindowSampler:
+    """Random training windows: ``2r+1`` low-resolution frames and the truth of the centre frame.
+
+    A sample is a crop of a photograph (randomly flipped, transposed, colour-permuted and, for
+    greyscale sources, tinted, at a random scale <= 1 so the truth stays sharp; nearly flat crops are
+    drawn again) filmed by a camera that
+    moves up to ``max_motion`` low-resolution pixels per frame, zooms and rotates slightly. The centre
+    frame is an integer-aligned crop (pristine truth); its neighbours are resampled sub-pixel views.
+    Batches depend only on ``(seed, step)``, so a resumed run sees the data it would have seen.
+    """
+
+    def __init__(self, images: dict[str, np.ndarray], radius: int = 2, lr_patch: int = 48,
+                 max_motion: float = 3.0, degradation: str = "bicubic", seed: int = 0):
+        import cv2
+
+        self.radius, self.lr_patch, self.max_motion, self.seed = radius, lr_patch, max_motion, seed
+        self.degrade = Degradation(degradation)
+        self.sources: list[np.ndarray] = []
+        for img in images.values():
+            for f in (1.0, 0.75, 0.5):
+                h, w = int(img.shape[0] * f), int(img.shape[1] * f)
+                if min(h, w) >= 4 * lr_patch * 1.6:
+                    self.sources.append(img if f == 1.0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
+        if not self.sources:
+            raise ValueError(f"the training images are too small for {lr_patch}-pixel patches at x4")
+
+    def _window(self, rng: np.random.Generator, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(10):  # flat crops (sky, black borders) teach nothing: draw again
+            lr, hr = self._draw(rng, scale)
+            base = F.interpolate(lr[self.radius:self.radius + 1], scale_factor=scale, mode="bicubic",
+                                 align_corners=False)
+            if (base[0] - hr).abs().mean() > 0.01:
+                break
+        return lr, hr
+
+    def _draw(self, rng: np.random.Generator, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import cv2
+
+        src = self.sources[rng.integers(len(self.sources))]
+        P = self.lr_patch * scale
+        r, T = self.radius, 2 * self.radius + 1
+        H, W = src.shape[:2]
+        ang = rng.uniform(0, 2 * math.pi)
+        zoom = rng.uniform(-0.01, 0.01)
+        rot = rng.uniform(-0.5, 0.5)
+        speed = rng.uniform(0, self.max_motion) * scale  # HR pixels per frame
+        reach = int(math.ceil(r * speed + P * (r * abs(zoom) + r * 0.01) + 2))
+        if P + 2 * reach > min(H, W):  # a small source: slow the camera down to fit
+            reach = max(2, (min(H, W) - P) // 2)
+            speed = max(0.0, (reach - 2 - P * r * (abs(zoom) + 0.01)) / max(r, 1))
+        v = np.array([math.cos(ang), math.sin(ang)]) * speed
+        S = P + 2 * reach
+        y0, x0 = int(rng.integers(0, H - S + 1)), int(rng.integers(0, W - S + 1))
+        sub = src[y0:y0 + S, x0:x0 + S]
+        if rng.random() < 0.5:
+            sub = sub[:, ::-1]
+        if rng.random() < 0.5:
+            sub = sub[::-1]
+        if rng.random() < 0.5:
+            sub = sub.transpose(1, 0, 2)
+        sub = np.ascontiguousarray(sub[..., rng.permutation(3)])
+        if np.array_equal(sub[..., 0], sub[..., 1]) and np.array_equal(sub[..., 1], sub[..., 2]):
+            sub = np.clip(sub * rng.uniform(0.6, 1.0, size=3), 0, 255).astype(np.uint8)
+        frames = []
+        for k in range(T):
+            d = k - r
+            if d == 0:
+                frames.append(sub[reach:reach + P, reach:reach + P])
+                continue
+            m = cv2.getRotationMatrix2D((P / 2.0, P / 2.0), rot * d, 1.0 / (1.0 + zoom * d))
+            m[0, 2] += reach + v[0] * d
+            m[1, 2] += reach + v[1] * d
+            frames.append(cv2.warpAffine(sub, m, (P, P), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                                         borderMode=cv2.BORDER_REFLECT101))
+        hr = torch.from_numpy(np.stack(frames)).float() / 255
+        lr = self.degrade(hr, scale, rng)
+        return lr.permute(0, 3, 1, 2), hr[r].permute(2, 0, 1)
+
+    def batch(self, step: int, batch_size: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lr [B, 2r+1, 3, p, p], hr [B, 3, p*s, p*s])`` for training step ``step``."""
+        rng = np.random.default_rng([self.seed, step, scale])
+        pairs = [self._window(rng, scale) for _ in range(batch_size)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+# The held-out clips: every camera motion on each held-out photograph, bicubic x1/s.
+HELDOUT_MOTIONS = (("pan", 1.0), ("zoom", 1.0), ("rotate", 1.0), ("mixed", 1.5))
+
+
+def heldout_clips(images: dict[str, np.ndarray], scale: int = 4, num_frames: int = 16,
+                  hr_hw: tuple[int, int] = (256, 384)) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``[(name, hr [T,H,W,3], lr [T,H/s,W/s,3])]``: uint8-quantised BI clips of the held-out photographs."""
+    clips = []
+    for name, img in images.items():
+        for seed, (motion, amp) in enumerate(HELDOUT_MOTIONS):
+            params = camera_path(num_frames, motion, amp, seed=seed)
+            hr = torch.from_numpy(render_views(img, hr_hw, params)).float() / 255
+            lr = (bicubic_downscale(hr, scale) * 255).round() / 255
+            clips.append((f"{Path(name).stem}_{motion}", hr, lr))
+    return clips
+
+
+def image_credits() -> str:
+    """A Markdown table of every photograph used, its role, licence and credit."""
+    rows = ["| image (skimage/data) | role | licence | credit |", "|---|---|---|---|"]
+    for role, table in (("training", TRAIN_IMAGES), ("held out", HELDOUT_IMAGES)):
+        for name, (lic, credit) in table.items():
+            rows.append(f"| {name} | {role} | {lic} | {credit} |")
+    return "\n".join(rows)
+
+
+__all__ = ["SKIMAGE_WHEEL", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images",
+           "Degradation", "WindowSampler", "heldout_clips", "image_credits"]
