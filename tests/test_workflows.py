@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from pack import comfy_folders, load_pack
+from smoke_models import FAST, write_smoke_models
 from workflow_tools import GRAPHS, build, run_api, to_api, validate
 
 PACK = load_pack()
@@ -27,7 +28,11 @@ def test_workflow_is_valid_and_up_to_date(path):
     assert wf == json.loads(json.dumps(build(GRAPHS[path.stem], MAPPINGS))), \
         "regenerate with: python tests/workflow_tools.py"
     for model in wf.get("models", []):
-        assert model["url"].startswith("https://") and model["directory"].startswith("vsr/")
+        # the frontend's missing-models check looks the directory up among the model folder keys and
+        # the name among that folder's files (relative paths): both must be real
+        assert model["url"].startswith("https://") and model["directory"].startswith("vsr_")
+        assert model["directory"][4:] in ("flow", "stablevsr", "upscale_a_video", "mgld", "sd_x4", "upscaler")
+        assert " " not in model["name"] and model["name"].rsplit(".", 1)[-1] in ("safetensors", "ckpt", "pth", "bin")
 
 
 def test_validator_catches_broken_workflows():
@@ -48,24 +53,6 @@ def test_validator_catches_broken_workflows():
     assert any("unknown node type" in e for e in validate(bad, MAPPINGS))
 
 
-def _tiny_models(name: str, models: Path) -> None:
-    from vsr_core.loaders.tiny import write_tiny_stablevsr
-    from vsr_core.loaders.uav import write_tiny_uav
-
-    if name == "StableVSR":
-        write_tiny_stablevsr(models / "vsr" / "stablevsr" / "StableVSR")
-    elif name == "UpscaleAVideo":
-        write_tiny_uav(models / "vsr" / "upscale_a_video" / "upscale_a_video")
-    elif name == "MGLD":
-        from vsr_core.loaders.mgld import write_tiny_mgld
-
-        write_tiny_mgld(models / "vsr" / "mgld" / "MGLD")
-
-
-FAST = {"VSR_StableVSRSampler": {"steps": 2}, "VSR_UpscaleAVideoSampler": {"steps": 2, "propagation_steps": "1"},
-        "VSR_MGLDSampler": {"steps": 2, "min_side": 0}}
-
-
 @pytest.mark.parametrize("name", sorted(GRAPHS))
 def test_workflow_runs_on_tiny_models(tmp_path, name):
     """The shipped workflow, converted to an API prompt, runs on tiny random weights in the official
@@ -79,7 +66,7 @@ def test_workflow_runs_on_tiny_models(tmp_path, name):
     for kind in kinds:
         (tmp_path / kind).mkdir()
     with comfy_folders(**{k: tmp_path / k for k in kinds}):
-        _tiny_models(name, tmp_path / "models")
+        write_smoke_models(tmp_path / "models", [name])
         frames = indexed_frames(5, 16, 24)
         frames[..., 0] = torch.linspace(0, 255, 24).to(torch.uint8).numpy()  # some texture for the flow
         write_video(tmp_path / "input" / "input.mp4", frames, fps=12)
@@ -90,3 +77,15 @@ def test_workflow_runs_on_tiny_models(tmp_path, name):
     saved = next(v for k, v in out.items() if prompt[k]["class_type"] == "VSR_SaveVideo")[0]
     info = probe(saved)
     assert (info.width, info.height, info.num_frames) == (96, 64, 5) and info.fps == pytest.approx(12)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_has_a_thumbnail(path):
+    """ComfyUI shows workflows/<name>.jpg next to the template (rendered from the real frontend by
+    tests/e2e/thumbnails.py)."""
+    import cv2
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"missing {thumb.name}: run tests/e2e/thumbnails.py against a ComfyUI with the pack"
+    img = cv2.imread(str(thumb))
+    assert img is not None and img.shape[1] >= 512 and img.std() > 5  # a picture, not a blank

@@ -273,11 +273,13 @@ GRAPHS = {
             ("load", 3, "save", "audio"),
         ],
         "models": [
-            {"name": "StableVSR (diffusers folder: unet, controlnet, vae, text_encoder, tokenizer, scheduler)",
-             "url": "https://huggingface.co/claudiom4sir/StableVSR", "directory": "vsr/stablevsr/StableVSR"},
-            {"name": "raft_large_C_T_SKHT_V2-ff5fadd5.pth (optional: DIS is used without it)",
+            *[{"name": f"StableVSR/{f}", "url": f"https://huggingface.co/claudiom4sir/StableVSR/resolve/main/{f}",
+               "directory": "vsr_stablevsr"}
+              for f in ("unet/diffusion_pytorch_model.safetensors", "controlnet/diffusion_pytorch_model.safetensors",
+                        "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")],
+            {"name": "raft_large_C_T_SKHT_V2-ff5fadd5.pth",
              "url": "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
-             "directory": "vsr/flow"},
+             "directory": "vsr_flow"},
         ],
         "notes": [("StableVSR (Rota et al., ECCV 2024). Put the StableVSR diffusers folder in "
                    "ComfyUI/models/vsr/stablevsr/StableVSR/ (from huggingface.co/claudiom4sir/StableVSR). Flow is "
@@ -314,12 +316,10 @@ GRAPHS["UpscaleAVideo"] = {
         ("load", 3, "save", "audio"),
     ],
     "models": [
-        {"name": "Upscale-A-Video folder (unet/, vae/, scheduler/, low_res_scheduler/, text_encoder/, tokenizer/, "
-                 "propagator/raft-things.pth)",
-         "url": "https://drive.google.com/drive/folders/1O8pbeR1hsRlFUU8O4EULe-lOKNGEWZl1",
-         "directory": "vsr/upscale_a_video/upscale_a_video"},
-        {"name": "raft-things.pth (optional: DIS is used without it)",
-         "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr/flow"},
+        *[{"name": f"upscale_a_video/{f}",
+           "url": "https://drive.google.com/drive/folders/1O8pbeR1hsRlFUU8O4EULe-lOKNGEWZl1",
+           "directory": "vsr_upscale_a_video"} for f in ("unet/unet_video.bin", "vae/vae_video.bin", "vae/vae_3d.bin")],
+        {"name": "raft-things.pth", "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr_flow"},
     ],
     "notes": [("Upscale-A-Video (Zhou et al., CVPR 2024; weights non-commercial, S-Lab License). Put the official "
                "pretrained_models/upscale_a_video folder in ComfyUI/models/vsr/upscale_a_video/. Flow is computed on "
@@ -350,12 +350,11 @@ GRAPHS["MGLD"] = {
         ("load", 3, "save", "audio"),
     ],
     "models": [
-        {"name": "mgldvsr_unet.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
-         "directory": "vsr/mgld/MGLD"},
-        {"name": "video_vae_cfw.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
-         "directory": "vsr/mgld/MGLD"},
-        {"name": "raft-things.pth (optional: DIS is used without it)",
-         "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr/flow"},
+        {"name": "MGLD/mgldvsr_unet.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
+         "directory": "vsr_mgld"},
+        {"name": "MGLD/video_vae_cfw.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
+         "directory": "vsr_mgld"},
+        {"name": "raft-things.pth", "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr_flow"},
     ],
     "notes": [("MGLD (Yang et al., ECCV 2024; weights non-commercial, S-Lab License). Put mgldvsr_unet.ckpt and "
                "video_vae_cfw.ckpt (official release: BaiduNetDisk/OneDrive links in github.com/IanYeung/MGLD-VSR; "

@@ -81,6 +81,8 @@ def run(url: str, workflow: Path, overrides: list[tuple[str, str, object]], time
         page.wait_for_timeout(1500)  # extensions finish registering
         queued = page.evaluate(LOAD_AND_QUEUE, [wf, overrides])
         result = {"workflow": workflow.name, "queued": queued}
+        # what the frontend's missing-models dialog (fed by the workflow's model hints) shows
+        result["dialogs"] = page.evaluate("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")
         body = queued.get("body")
         pid = body.get("prompt_id") if isinstance(body, dict) else None
         if queued["status"] != 200 or not pid:

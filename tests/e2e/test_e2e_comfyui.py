@@ -1,0 +1,139 @@
+"""End to end in a real ComfyUI and a real browser: every shipped workflow, loaded in the frontend,
+converted by its own graphToPrompt, queued, run on the smoke model set, output checked.
+
+Runs when a ComfyUI checkout is given (never committed here):
+
+    VSR_COMFYUI_DIR=/path/to/ComfyUI VSR_COMFYUI_PYTHON=/path/to/its/venv/bin/python python -m pytest tests/e2e
+
+``VSR_COMFYUI_PYTHON`` needs ComfyUI's requirements and ``playwright`` (pip install playwright; no browser
+download: Debian's ``chromium`` is used). Skipped, with the reason, when any of it is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+COMFY_DIR = os.environ.get("VSR_COMFYUI_DIR")
+COMFY_PY = os.environ.get("VSR_COMFYUI_PYTHON")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _why_skip() -> str | None:
+    if not COMFY_DIR or not (Path(COMFY_DIR) / "main.py").is_file():
+        return "set VSR_COMFYUI_DIR to a ComfyUI checkout (its main.py) to run the end-to-end tests"
+    if not COMFY_PY or not Path(COMFY_PY).is_file():
+        return "set VSR_COMFYUI_PYTHON to the python of ComfyUI's environment"
+    if not CHROMIUM:
+        return "Chromium not found (apt install chromium)"
+    probe = subprocess.run([COMFY_PY, "-c", "import playwright.sync_api"], capture_output=True)
+    if probe.returncode:
+        return f"playwright is not installed in {COMFY_PY} (pip install playwright)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or "")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from media import indexed_frames, write_video
+    from smoke_models import write_smoke_models
+
+    root = tmp_path_factory.mktemp("comfy")
+    for d in ("input", "output", "temp", "models", "packs"):
+        (root / d).mkdir()
+    (root / "packs" / "ComfyUI-DiffusionVSR").symlink_to(REPO, target_is_directory=True)
+    write_smoke_models(root / "models")
+    kinds = ("stablevsr", "upscale_a_video", "mgld", "flow", "upscaler")
+    yaml = ["diffusion_vsr_e2e:", f"    custom_nodes: {root / 'packs'}"]
+    yaml += [f"    vsr_{k}: {root / 'models' / 'vsr' / k}" for k in kinds]
+    (root / "extra.yaml").write_text("\n".join(yaml) + "\n")
+    frames = indexed_frames(6, 32, 48)
+    frames[..., 0] = np.linspace(0, 255, frames.shape[2]).astype(np.uint8)  # texture for the flow
+    write_video(root / "input" / "input.mp4", frames, fps=12)
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [COMFY_PY, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--extra-model-paths-config", str(root / "extra.yaml"), "--database-url", "sqlite:///:memory:",
+         "--input-directory", str(root / "input"), "--output-directory", str(root / "output"),
+         "--temp-directory", str(root / "temp")],
+        cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(url + "/object_info/VSR_VideoUpscaler", timeout=5)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() - t0 > 300:
+                proc.kill()
+                pytest.fail("ComfyUI did not start:\n" + (root / "server.log").read_text()[-3000:])
+            time.sleep(2)
+    try:
+        yield url, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_pack_imports_without_failure(server):
+    url, root = server
+    text = (root / "server.log").read_text()
+    assert "ComfyUI-DiffusionVSR" in text and "(IMPORT FAILED)" not in text
+    info = json.load(urllib.request.urlopen(url + "/object_info"))
+    assert {"VSR_LoadVideoFrames", "VSR_VideoUpscaler", "VSR_VideoMetrics", "VSR_SaveVideo"} <= set(info)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_runs_in_the_browser(server, workflow):
+    from smoke_models import FAST
+
+    from vsr_core.io import probe
+
+    url, root = server
+    sets = ["VSR_LoadVideoFrames.video=input.mp4", "VSR_LoadVideoFrames.frame_load_cap=5"]
+    for node_type, widgets in FAST.items():
+        sets += [f"{node_type}.{k}={json.dumps(v)}" for k, v in widgets.items()]
+    cmd = [COMFY_PY, str(REPO / "tests" / "e2e" / "run_browser.py"), "--url", url, "--workflow", str(workflow),
+           "--timeout", "600", "--chromium", CHROMIUM]
+    for s in sets:
+        cmd += ["--set", s]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    result = json.loads(done.stdout)
+    assert result["queued"]["status"] == 200, result["queued"]
+    assert result["status"] == "success", result.get("messages")
+    assert result["pack_console_errors"] == []
+    # model hints: every directory is a real model folder, and only the files the smoke set lacks (the
+    # optional RAFT weights) are reported missing
+    dialogs = "\n".join(result["dialogs"])
+    assert "Invalid directory" not in dialogs
+    hinted = [m["name"] for m in json.loads(workflow.read_text()).get("models", [])]
+    for name in hinted:
+        assert (name in dialogs) == ("raft" in name), (name, dialogs)
+    saves = [o for o in result["outputs"].values() if o.get("animated")]
+    assert saves, result["outputs"]
+    item = saves[0]["images"][0]
+    info = probe(root / "output" / item["subfolder"] / item["filename"])
+    assert (info.width, info.height, info.num_frames) == (192, 128, 5)
