@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -273,11 +274,21 @@ def soft_empty_cache() -> None:
 
 
 class Progress:
-    """A ``(done, total)`` callable driving ComfyUI's progress bar; each call is also a cancel point."""
+    """A ``(done, total)`` callable driving ComfyUI's progress bar; each call is also a cancel point.
 
-    def __init__(self, total: int, node_id: str | None = None):
+    Inside ComfyUI it also sends a ``vsr.progress`` message (node, done, total, a readable line with
+    frames or steps, elapsed time and ETA) that the pack's frontend shows on the running node.
+    ``unit`` names what is counted; ``per_step`` > 0 says the count is steps x ``per_step`` frames.
+    """
+
+    MIN_INTERVAL = 0.25  # seconds between two messages (the last one always goes)
+
+    def __init__(self, total: int, node_id: str | None = None, unit: str = "frame", per_step: int = 0):
         self.total = max(int(total), 1)
         self.done = 0
+        self.node_id, self.unit, self.per_step = node_id, unit, int(per_step)
+        self.t0 = time.monotonic()
+        self._sent = 0.0
         c = _comfy()
         self._bar = c[2].ProgressBar(self.total, node_id=node_id) if c is not None else None
 
@@ -287,4 +298,44 @@ class Progress:
         self.done = int(done)
         if self._bar is not None:
             self._bar.update_absolute(self.done, self.total)
+            self._notify()
         check_interrupt()
+
+    def text(self) -> str:
+        """"frames 12/48 · 3.1 s · ETA 9.4 s" (or "step 3/20 · frame 4/8 · ...")."""
+        done, total = min(self.done, self.total), self.total
+        if self.per_step > 0:
+            steps = max(total // self.per_step, 1)
+            step = min(done // self.per_step + (1 if done % self.per_step else 0), steps)
+            frame = done % self.per_step or (self.per_step if done else 0)
+            head = f"step {step}/{steps} · frame {frame}/{self.per_step}"
+        else:
+            head = f"{self.unit}s {done}/{total}"
+        elapsed = time.monotonic() - self.t0
+        parts = [head, _duration(elapsed)]
+        if 0 < done < total:
+            parts.append("ETA " + _duration(elapsed / done * (total - done)))
+        return " · ".join(parts)
+
+    def _notify(self) -> None:
+        now = time.monotonic()
+        if self.node_id is None or (now - self._sent < self.MIN_INTERVAL and self.done < self.total):
+            return
+        self._sent = now
+        try:
+            from server import PromptServer
+
+            server = PromptServer.instance
+            server.send_sync("vsr.progress", {"node": str(self.node_id), "done": self.done, "total": self.total,
+                                              "text": self.text()}, server.client_id)
+        except Exception:  # a display nicety: never fail a run over it
+            pass
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+

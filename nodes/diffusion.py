@@ -259,8 +259,8 @@ def _color_fix(frames: torch.Tensor, cond, mode: str) -> torch.Tensor:
     return color_fix(frames, (lr + 1) / 2, mode)
 
 
-def _sampler_progress(total: int, unique_id):
-    bar = comfy.Progress(total, unique_id)
+def _sampler_progress(total: int, unique_id, per_step: int = 0):
+    bar = comfy.Progress(total, unique_id, unit="step", per_step=per_step)
     return lambda done, total, x0=None: bar(done, total)
 
 
@@ -321,7 +321,7 @@ class VSR_StableVSRSampler:
                              "compute both from the same clip")
         embeds = prompt_embeddings(model, "")
         _make_room(model, "unet", "controlnet", "vae")
-        callback = _sampler_progress(steps * cond.num_frames, unique_id)
+        callback = _sampler_progress(steps * cond.num_frames, unique_id, cond.num_frames)
         z = sample_stablevsr(model, cond, flow, embeds, steps=steps, scheduler=scheduler, seed=seed,
                              tcm=temporal_conditioning, bidirectional=bidirectional, keep_on_cpu=keep_on_cpu,
                              guidance_tile=guidance_tile, callback=callback)
@@ -369,7 +369,7 @@ class VSR_X4PerFrameSampler:
         embeds = prompt_embeddings(model, prompt)
         negative = prompt_embeddings(model, negative_prompt) if guidance_scale > 1 else None
         _make_room(model, "unet")
-        callback = _sampler_progress(steps * cond.num_frames, unique_id)
+        callback = _sampler_progress(steps * cond.num_frames, unique_id, cond.num_frames)
         z = sample_per_frame(model, cond, embeds, negative, guidance_scale=guidance_scale, steps=steps,
                              scheduler=scheduler, seed=seed, callback=callback)
         comfy.soft_empty_cache()

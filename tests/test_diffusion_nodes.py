@@ -116,7 +116,7 @@ def test_cancel_stops_within_one_frame_step(use_models, clip, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_progress(total, uid=None):
+    def fake_progress(total, uid=None, **display):
         def tick(done, total_=None):
             calls.append(done)
             if done >= 2:

@@ -173,6 +173,12 @@ def test_embedded_weights_are_small_and_fast_enough_to_ship():
     assert DEFAULT_WEIGHTS.stat().st_size < 5 * 1024 ** 2
     m = load_video_upscaler()
     assert set(m.scales) == {2, 4} and m.radius >= 2  # multi-frame, both factors
+    from vsr_core.loaders.video_upscaler import read_metadata
+    from vsr_core.training.data import HELDOUT_IMAGES
+
+    recipe = json.loads(read_metadata(DEFAULT_WEIGHTS)["vsr_training"])  # how it was made travels with it
+    assert not set(recipe["train_images"]) & set(HELDOUT_IMAGES) and recipe["heldout_images"]
+    assert recipe["heldout_y_psnr"]["x4"]["learned"] > recipe["heldout_y_psnr"]["x4"]["bicubic"] + 0.5
 
 
 def _y_psnr_gain(lr, hr, scale, model):

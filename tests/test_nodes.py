@@ -221,6 +221,28 @@ def test_adapter_uses_comfyui_when_present(fake_comfy, tmp_path):
     assert calls["progress"][0] == ("new", 6, "7") and calls["progress"][-1] == (6, 6)
 
 
+def test_progress_messages_say_frames_steps_and_eta(fake_comfy, monkeypatch):
+    sent = []
+    server = types.ModuleType("server")
+
+    class PromptServer:
+        client_id = "page-1"
+
+        def send_sync(self, event, data, sid=None):
+            sent.append((event, data, sid))
+    PromptServer.instance = PromptServer()
+    server.PromptServer = PromptServer
+    monkeypatch.setitem(sys.modules, "server", server)
+    monkeypatch.setattr(adapter.Progress, "MIN_INTERVAL", 0.0)
+    MAPPINGS["VSR_VideoUpscaler"]().upscale(torch.rand(6, 8, 8, 3), 2, "bicubic", frames_per_chunk=2, unique_id="7")
+    assert [d["text"].split(" · ")[0] for e, d, sid in sent] == ["frames 2/6", "frames 4/6", "frames 6/6"]
+    assert all(e == "vsr.progress" and d["node"] == "7" and sid == "page-1" for e, d, sid in sent)
+    assert "ETA" in sent[0][1]["text"] and "ETA" not in sent[-1][1]["text"]
+    bar = adapter.Progress(20 * 8, "9", unit="step", per_step=8)
+    bar(9)
+    assert sent[-1][1]["text"].startswith("step 2/20 · frame 1/8 · ")
+
+
 def test_interrupt_stops_within_one_chunk_and_save_leaves_no_file(fake_comfy, tmp_path):
     calls, Interrupted, _ = fake_comfy
     (tmp_path / "output").mkdir()

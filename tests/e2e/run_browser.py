@@ -105,6 +105,8 @@ def run(url: str, workflow: Path, overrides: list[tuple[str, str, object]], time
         result["seconds"] = round(time.time() - t0, 1) if pid else None
         result["widgets_text"] = page.evaluate(
             "() => [...document.querySelectorAll('pre.vsr-metrics')].map((e) => e.textContent)")
+        result["progress_text"] = page.evaluate(
+            "() => [...document.querySelectorAll('div.vsr-progress')].map((e) => e.textContent)")
         browser.close()
     errors = [c for c in console if c["type"] in ("error", "pageerror")]
     result["console_errors"] = errors

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -132,6 +133,11 @@ def test_shipped_workflow_runs_in_the_browser(server, workflow):
     hinted = [m["name"] for m in json.loads(workflow.read_text()).get("models", [])]
     for name in hinted:
         assert (name in dialogs) == ("raft" in name), (name, dialogs)
+    # progress on the nodes that ran: frames done / total (or step and frame for the samplers) and time
+    assert result["progress_text"], "no progress line was shown on the running nodes"
+    assert all(re.match(r"(frames \d+/\d+|steps \d+/\d+|step \d+/\d+ · frame \d+/\d+) · ", t)
+               for t in result["progress_text"]), result["progress_text"]
+    assert any(t.startswith("frames 5/5") for t in result["progress_text"])
     saves = [o for o in result["outputs"].values() if o.get("animated")]
     assert saves, result["outputs"]
     item = saves[0]["images"][0]

@@ -170,7 +170,9 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True) -> dic
     if held_images:
         with torch.no_grad():
             report["heldout_y_psnr"] = evaluate(model, held_images, num_frames=cfg.eval_frames)
-    meta = {"vsr_training": json.dumps({k: v for k, v in report.items() if k != "train_seconds_this_run"})}
+    recipe = {k: v for k, v in report.items() if k != "train_seconds_this_run"}
+    recipe["config"] = {k: v for k, v in report["config"].items() if k not in ("images", "workdir", "out")}
+    meta = {"vsr_training": json.dumps(recipe)}  # the recipe travels with the weights; local paths do not
     save_video_upscaler(model, out, meta)
     report["weights"] = str(out)
     (workdir / "report.json").write_text(json.dumps(report, indent=2))

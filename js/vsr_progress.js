@@ -1,0 +1,32 @@
+// Progress that means something on long runs: "frames 12/48 · 3.1 s · ETA 9.4 s" (or step and frame for
+// the samplers) on the running VSR node, from the pack's "vsr.progress" messages. A display-only DOM
+// widget (not saved in the workflow), so it shows in the classic canvas and in the Vue node renderer.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+function progressElement(node) {
+  if (node.vsrProgress) return node.vsrProgress;
+  const el = document.createElement("div");
+  el.className = "vsr-progress";
+  Object.assign(el.style, {
+    font: "11px monospace", padding: "2px 6px", color: "var(--input-text, #ddd)",
+    background: "var(--comfy-input-bg, #222)", borderRadius: "4px", whiteSpace: "nowrap", overflow: "hidden",
+  });
+  const widget = node.addDOMWidget?.("vsr_progress", "vsr_progress", el, { serialize: false, getMinHeight: () => 20 });
+  if (widget) widget.serialize = false;
+  node.vsrProgress = el;
+  node.setSize?.(node.computeSize?.() ?? node.size);
+  return el;
+}
+
+app.registerExtension({
+  name: "DiffusionVSR.Progress",
+  setup() {
+    api.addEventListener("vsr.progress", ({ detail }) => {
+      const node = app.graph?.getNodeById?.(detail?.node);
+      if (!node || !String(node.type ?? "").startsWith("VSR_")) return;
+      progressElement(node).textContent = detail.text;
+      node.setDirtyCanvas?.(true, false);
+    });
+  },
+});
