@@ -30,10 +30,14 @@ def _nchw(x: Tensor, name: str) -> Tensor:
     return x.float().permute(0, 3, 1, 2)
 
 
-def _prepare(a: Tensor, b: Tensor, y_channel: bool, crop: int, quantize: bool) -> tuple[Tensor, Tensor]:
+def _check_same_shape(a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"the two clips differ in shape: {tuple(a.shape)} vs {tuple(b.shape)} (compare a result "
                          "with a reference of the same size and frame count)")
+
+
+def _prepare(a: Tensor, b: Tensor, y_channel: bool, crop: int, quantize: bool) -> tuple[Tensor, Tensor]:
+    _check_same_shape(a, b)
     x, y = _nchw(a, "result"), _nchw(b, "reference")
     if quantize:
         x, y = (x.clamp(0, 1) * 255).round() / 255, (y.clamp(0, 1) * 255).round() / 255
@@ -99,8 +103,7 @@ def warp_error(result: Tensor, reference: Tensor, engine=None, *, flow=None) -> 
     """
     from .flow.warp import resize_flow, warp
 
-    if result.shape != reference.shape:
-        raise ValueError(f"the two clips differ in shape: {tuple(result.shape)} vs {tuple(reference.shape)}")
+    _check_same_shape(result, reference)
     if result.shape[0] < 2:
         raise ValueError("temporal metrics need at least 2 frames")
     vf = _reference_flow(reference, engine, flow)
@@ -117,14 +120,16 @@ def warp_error(result: Tensor, reference: Tensor, engine=None, *, flow=None) -> 
     return (diff.flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1.0) * 255).float()
 
 
-def tof(result: Tensor, reference: Tensor, engine) -> Tensor:
-    """Per-pair tOF ``[T-1]``: mean end-point distance between the result's and the reference's forward flow."""
+def tof(result: Tensor, reference: Tensor, engine, *, flow=None) -> Tensor:
+    """Per-pair tOF ``[T-1]``: mean end-point distance between the result's and the reference's forward flow.
+
+    ``flow``: the reference's :class:`~vsr_core.flow.VideoFlow` from the same ``engine``, if already computed.
+    """
     from .flow import estimate_video_flow
 
-    if result.shape != reference.shape:
-        raise ValueError(f"the two clips differ in shape: {tuple(result.shape)} vs {tuple(reference.shape)}")
+    _check_same_shape(result, reference)
     fr = estimate_video_flow(result, engine).forward
-    fg = estimate_video_flow(reference, engine).forward
+    fg = _reference_flow(reference, engine, flow).forward
     return (fr - fg).norm(dim=1).flatten(1).mean(1).float()
 
 
@@ -142,7 +147,8 @@ def video_metrics(result: Tensor, reference: Tensor, engine=None, *, crop: int =
         out["warp_error"] = warp_error(result, reference, flow=vf).mean().item()
         out["warp_error_reference"] = warp_error(reference, reference, flow=vf).mean().item()
         if engine is not None:
-            out["tof"] = tof(result, reference, engine).mean().item()
+            # the reference's flow is reused only when it came from this engine (a given flow may not)
+            out["tof"] = tof(result, reference, engine, flow=vf if flow is None else None).mean().item()
     return out
 
 

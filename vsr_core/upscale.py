@@ -228,7 +228,7 @@ def upscale_file(src: str | os.PathLike, dst: str | os.PathLike, scale: int = 4,
     total = selection.count(info.num_frames)
     if total == 0:
         raise ValueError(f"no frames selected from {src} ({info.num_frames} frames, skip={selection.skip_first})")
-    fn = make_upscaler(method, scale, device, **({"weights": weights, "tile": tile} if method == "learned" else {}))
+    fn = make_upscaler(method, scale, device, weights=weights, tile=tile)  # the classical kernels ignore both
     chunk = chunk or auto_chunk(info.height * scale, info.width * scale)
     fps = info.fps / selection.nth
     audio = None
