@@ -13,7 +13,12 @@ if _HERE not in sys.path:
     # appended, not prepended: ComfyUI's own top-level modules (e.g. `nodes`) must keep winning
     sys.path.append(_HERE)
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+if __package__:  # ComfyUI (and tests/pack.py) import this folder as a package
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+else:
+    # Imported as a plain module: pytest does that to a checkout whose folder name is not a valid
+    # package name (e.g. /tmp/tmp.X1y2), where relative imports cannot work. Nothing to register then.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = "./js"
 

@@ -307,3 +307,13 @@ def test_pack_imports_with_a_real_comfyui_on_sys_path(tmp_path):
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "VSR_FlowGuidance" in out.stdout
+
+
+def test_root_init_imported_as_a_plain_module_registers_nothing_and_does_not_fail():
+    """pytest imports the checkout's __init__.py as a top-level module when the folder name is not a
+    valid package name (a CI clone in /tmp/tmp.X1y2); that must not break collection."""
+    spec = importlib.util.spec_from_file_location("vsr_plain_checkout", REPO / "__init__.py",
+                                                  submodule_search_locations=None)  # a module, not a package
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NODE_CLASS_MAPPINGS == {} and module.WEB_DIRECTORY == "./js"
