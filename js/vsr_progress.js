@@ -9,23 +9,37 @@ function progressElement(node) {
   const el = document.createElement("div");
   el.className = "vsr-progress";
   Object.assign(el.style, {
-    font: "11px monospace", padding: "2px 6px", color: "var(--input-text, #ddd)",
+    display: "none", font: "11px monospace", padding: "2px 6px", color: "var(--input-text, #ddd)",
     background: "var(--comfy-input-bg, #222)", borderRadius: "4px", whiteSpace: "nowrap", overflow: "hidden",
   });
-  const widget = node.addDOMWidget?.("vsr_progress", "vsr_progress", el, { serialize: false, getMinHeight: () => 20 });
+  const widget = node.addDOMWidget?.("vsr_progress", "vsr_progress", el, {
+    serialize: false, getMinHeight: () => (el.textContent ? 20 : 0),
+  });
   if (widget) widget.serialize = false;
   node.vsrProgress = el;
-  node.setSize?.(node.computeSize?.() ?? node.size);
   return el;
 }
 
 app.registerExtension({
   name: "DiffusionVSR.Progress",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!String(nodeData?.name ?? "").startsWith("VSR_")) return;
+    // made with the node (hidden until a run reports): the Vue renderer does not always mount a DOM widget
+    // added while a node runs
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      progressElement(this);
+      return r;
+    };
+  },
   setup() {
     api.addEventListener("vsr.progress", ({ detail }) => {
       const node = app.graph?.getNodeById?.(detail?.node);
       if (!node || !String(node.type ?? "").startsWith("VSR_")) return;
-      progressElement(node).textContent = detail.text;
+      const el = progressElement(node);
+      el.textContent = detail.text;
+      el.style.display = "";
       node.setDirtyCanvas?.(true, false);
     });
   },

@@ -28,3 +28,7 @@ for _name in NODE_MODULES:
     NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
 
 comfy_adapter.register_model_folders()
+if "video" not in IMPORT_ERRORS:  # the loader's "preview the selected frames" request (js/vsr_video.js)
+    from .video import preview_selection
+
+    comfy_adapter.add_file_route("/vsr/preview", preview_selection)

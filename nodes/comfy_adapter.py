@@ -7,6 +7,7 @@ imported lazily, on first use, never at pack import time.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -265,6 +266,34 @@ def offload_device():
     if c is not None:
         return c[1].unet_offload_device()
     return torch.device("cpu")
+
+
+def add_file_route(path: str, produce) -> bool:
+    """Serve ``GET path`` inside ComfyUI's server: ``produce(query: dict) -> (file, info: dict)`` runs in a
+    worker thread; the file comes back with ``info`` as JSON in the ``X-VSR-Info`` header, and a bad
+    request (ValueError, OSError, RuntimeError: the message says why) as ``400 {"error": ...}``.
+    Returns False (and registers nothing) without a ComfyUI server."""
+    try:
+        from server import PromptServer
+
+        routes = PromptServer.instance.routes
+    except Exception:
+        return False
+
+    async def handler(request):
+        import asyncio
+
+        from aiohttp import web
+
+        query = dict(request.rel_url.query)
+        try:
+            file, info = await asyncio.get_running_loop().run_in_executor(None, produce, query)
+        except (ValueError, OSError, RuntimeError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.FileResponse(file, headers={"X-VSR-Info": json.dumps(info), "Cache-Control": "no-store"})
+
+    routes.get(path)(handler)
+    return True
 
 
 def soft_empty_cache() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from vsr_core.upscale import UPSCALE_METHODS, image_model_upscaler, make_upscaler, upscale_frames
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY
+from .common import CATEGORY, compare_ui
 
 EMBEDDED = "embedded (ships with the pack)"
 
@@ -108,7 +108,8 @@ class VSR_VideoMetrics:
     DESCRIPTION = ("Compare a result with a reference clip of the same size (e.g. ground truth rendered by "
                    "'python -m vsr_core render', or a clip you downscaled yourself): PSNR and SSIM on RGB and "
                    "on luma (Y), and with a VSR_FLOW of the reference, the warping error (flicker) next to the "
-                   "reference's own. The figures show on the node and come out as text.")
+                   "reference's own. The figures show on the node, with a slider comparing the result and the "
+                   "reference, and come out as text.")
     CATEGORY = f"{CATEGORY}/evaluate"
     FUNCTION = "measure"
     OUTPUT_NODE = True
@@ -130,14 +131,16 @@ class VSR_VideoMetrics:
                 "reference_flow": ("VSR_FLOW", {"tooltip": "Flow of the reference (Flow Guidance on the reference "
                                                            "frames) for the warping error; leave empty to skip."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def measure(self, frames, reference, border=0, reference_flow=None):
+    def measure(self, frames, reference, border=0, reference_flow=None, unique_id=None):
         from vsr_core.metrics import format_metrics, video_metrics
 
         m = video_metrics(frames, reference, crop=border, flow=reference_flow)
         text = format_metrics(m)
-        return {"ui": {"text": [text]}, "result": (text, float(m["psnr_y"]), float(m["ssim_y"]))}
+        ui = {"text": [text], "vsr_compare": compare_ui(reference, frames, ("reference", "result"), unique_id)}
+        return {"ui": ui, "result": (text, float(m["psnr_y"]), float(m["ssim_y"]))}
 
 
 NODE_CLASS_MAPPINGS = {"VSR_VideoUpscaler": VSR_VideoUpscaler, "VSR_VideoMetrics": VSR_VideoMetrics}

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from vsr_core.io import (OUTPUT_FORMATS, PIXEL_FORMATS, VIDEO_EXTENSIONS, FrameSelection, load_audio, load_video,
                          probe, save_video, target_size)
 from vsr_core.io.frames import check_image
+from vsr_core.io.preview import selection_preview
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY
+from .common import CATEGORY, compare_ui
 
 RESIZE_MODES = ["none", "multiple_of_8", "custom"]
 
@@ -23,9 +25,29 @@ def _source_path(video: str, path: str) -> str:
     return str(comfy.resolve_user_path(video))
 
 
+def _int_arg(query: dict, name: str, default: int) -> int:
+    try:
+        return int(query.get(name, default) or default)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {query.get(name)!r}") from None
+
+
+def preview_selection(query: dict):
+    """GET /vsr/preview?video=&path=&skip=&cap=&nth= : an mp4 of exactly the frames the loader would
+    select (first PREVIEW_MAX_FRAMES of them, downscaled), and what was selected (the node shows it)."""
+    src = _source_path(query.get("video", ""), query.get("path", ""))
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"video file not found: {src}")
+    selection = FrameSelection(skip_first=_int_arg(query, "skip", 0), nth=_int_arg(query, "nth", 1),
+                               cap=_int_arg(query, "cap", 0))
+    return selection_preview(src, selection, Path(comfy.temp_dir()) / "vsr_preview")
+
+
 class VSR_LoadVideoFrames:
     DESCRIPTION = ("Load a video as frames (IMAGE), streaming: only the selected frames are kept in memory, and a "
-                   "request that would not fit in free RAM is refused before decoding. Outputs the frame count, the "
+                   "request that would not fit in free RAM is refused before decoding. The node previews exactly the "
+                   "selected frames (skip, every n-th, cap) before you run. "
+                   "Outputs the frame count, the "
                    "frame rate of the loaded frames, the audio of the same span, and a VSR_VIDEO_INFO record that "
                    "streaming nodes use to re-read the file.")
     CATEGORY = f"{CATEGORY}/io"
@@ -44,7 +66,8 @@ class VSR_LoadVideoFrames:
         return {
             "required": {
                 "video": (comfy.list_input_files(VIDEO_EXTENSIONS),
-                          {"video_upload": True, "tooltip": "A video in ComfyUI's input folder (upload to add one)."}),
+                          {"tooltip": "A video in ComfyUI's input folder (the upload button adds one). The node "
+                                      "previews exactly the frames the settings below select."}),
                 "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "step": 1,
                                            "tooltip": "At most this many frames are returned (0 = all). Use it to "
                                                       "try settings on a short piece first."}),
@@ -106,7 +129,8 @@ class VSR_LoadVideoFrames:
 
 class VSR_SaveVideo:
     DESCRIPTION = ("Save frames as a video (H.264/H.265 mp4, lossless FFV1 mkv, or a PNG sequence) in ComfyUI's "
-                   "output folder with the usual prefix counter, with optional audio, and show it on the node. "
+                   "output folder with the usual prefix counter, with optional audio, and show it on the node "
+                   "(with compare_with connected, also a slider between the input and the result). "
                    "The file is written under a temporary name and renamed when complete, so a cancelled or failed "
                    "run never leaves a half-written file.")
     CATEGORY = f"{CATEGORY}/io"
@@ -137,12 +161,15 @@ class VSR_SaveVideo:
             },
             "optional": {
                 "audio": ("AUDIO", {"tooltip": "Sound to mux (e.g. the loader's audio output)."}),
+                "compare_with": ("IMAGE", {"tooltip": "Optional: the input frames (e.g. the loader's output). "
+                                                      "After the run a slider on the node compares them "
+                                                      "(bicubic-resized to the output size) with the saved video."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
         }
 
     def save(self, images, fps, filename_prefix="VSR/video", format="mp4 (h264)", crf=19, pix_fmt="yuv420p",
-             audio=None, prompt=None, extra_pnginfo=None, unique_id=None):
+             audio=None, compare_with=None, prompt=None, extra_pnginfo=None, unique_id=None):
         images = check_image(images)
         T, H, W, _ = images.shape
         folder, name, counter, subfolder = comfy.save_path(filename_prefix, W, H)
@@ -162,6 +189,9 @@ class VSR_SaveVideo:
             shown = {"filename": "frame_000001.png", "subfolder": "/".join(filter(None, [subfolder, path.name])),
                      "type": "output"}
         ui = {"images": [shown], "animated": (bool(ext),)}
+        if compare_with is not None:
+            ui["vsr_compare"] = compare_ui(check_image(compare_with, "compare_with"), images, ("input", "output"),
+                                           unique_id)
         return {"ui": ui, "result": (str(path),)}
 
 

@@ -222,7 +222,7 @@ def build(graph: dict, mappings: dict) -> dict:
         next_id += 1
     wf = {"id": graph["id"], "revision": 0, "last_node_id": next_id - 1, "last_link_id": len(ui_links),
           "nodes": ui_nodes, "links": ui_links, "groups": [], "config": {},
-          "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+          "extra": {"ds": {"scale": 0.8, "offset": [80, 60]}}, "version": 0.4}
     if graph.get("models"):
         wf["models"] = graph["models"]
     return wf
@@ -250,7 +250,7 @@ GRAPHS = {
         "id": "7d1f3a52-6b0e-4c39-9a5e-2f8f3e6a1b01",
         "nodes": {
             "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 16}, (0, 0)),
-            "model": ("VSR_LoadDiffusionModel", {"model": "stablevsr/StableVSR"}, (0, 420)),
+            "model": ("VSR_LoadDiffusionModel", {"model": "stablevsr/StableVSR"}, (0, 600)),
             "bicubic": ("VSR_VideoUpscaler", {"scale": 4, "method": "bicubic"}, (380, 0)),
             "flow": ("VSR_FlowGuidance", {"raft_convention": "stablevsr"}, (760, 0)),
             "lr": ("VSR_LatentEncoderLR", {"noise_level": 0}, (380, 300)),
@@ -271,6 +271,7 @@ GRAPHS = {
             ("decode", 0, "save", "images"),
             ("load", 2, "save", "fps"),
             ("load", 3, "save", "audio"),
+            ("load", 0, "save", "compare_with"),
         ],
         "models": [
             *[{"name": f"StableVSR/{f}", "url": f"https://huggingface.co/claudiom4sir/StableVSR/resolve/main/{f}",
@@ -285,7 +286,7 @@ GRAPHS = {
                    "ComfyUI/models/vsr/stablevsr/StableVSR/ (from huggingface.co/claudiom4sir/StableVSR). Flow is "
                    "computed on the bicubic x4 frames, as the paper does; pick the RAFT file in Flow Guidance for the "
                    "published setting (DIS works without weights). 50 DDPM steps as published; DPM++ 2M with "
-                   "~20 steps is much faster.", (0, 700))],
+                   "~20 steps is much faster.", (0, 860))],
     },
 }
 
@@ -294,7 +295,7 @@ GRAPHS["UpscaleAVideo"] = {
     "id": "3b9e5c1d-8a47-4f0e-b6d2-51c7a0e9f302",
     "nodes": {
         "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 16}, (0, 0)),
-        "model": ("VSR_LoadDiffusionModel", {"model": "upscale_a_video/upscale_a_video"}, (0, 420)),
+        "model": ("VSR_LoadDiffusionModel", {"model": "upscale_a_video/upscale_a_video"}, (0, 600)),
         "flow": ("VSR_FlowGuidance", {"raft_convention": "uav", "occlusion": "uav"}, (380, 0)),
         "lr": ("VSR_LatentEncoderLR", {"noise_level": 120}, (380, 300)),
         "sampler": ("VSR_UpscaleAVideoSampler", {"steps": 30, "seed": 10, "propagation_steps": "24,26,28"},
@@ -314,6 +315,7 @@ GRAPHS["UpscaleAVideo"] = {
         ("decode", 0, "save", "images"),
         ("load", 2, "save", "fps"),
         ("load", 3, "save", "audio"),
+        ("load", 0, "save", "compare_with"),
     ],
     "models": [
         *[{"name": f"upscale_a_video/{f}",
@@ -324,7 +326,7 @@ GRAPHS["UpscaleAVideo"] = {
     "notes": [("Upscale-A-Video (Zhou et al., CVPR 2024; weights non-commercial, S-Lab License). Put the official "
                "pretrained_models/upscale_a_video folder in ComfyUI/models/vsr/upscale_a_video/. Flow is computed on "
                "the LR frames (RAFT with the 'uav' convention is the published setting). noise_level 120, CFG 6, 30 "
-               "steps as the official CLI; propagation at steps 24,26,28 as in its README examples.", (0, 700))],
+               "steps as the official CLI; propagation at steps 24,26,28 as in its README examples.", (0, 860))],
 }
 
 
@@ -332,7 +334,7 @@ GRAPHS["MGLD"] = {
     "id": "c5a0e7f4-2d91-4b63-8e1f-9a4d6b2c7e03",
     "nodes": {
         "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 15}, (0, 0)),
-        "model": ("VSR_LoadDiffusionModel", {"model": "mgld/MGLD"}, (0, 420)),
+        "model": ("VSR_LoadDiffusionModel", {"model": "mgld/MGLD"}, (0, 600)),
         "flow": ("VSR_FlowGuidance", {"raft_convention": "mgld", "occlusion": "mgld"}, (380, 0)),
         "sampler": ("VSR_MGLDSampler", {"steps": 50, "seed": 42}, (760, 200)),
         "decode": ("VSR_TemporalVAEDecode", {"mode": "auto", "color_fix": "auto"}, (1140, 200)),
@@ -348,6 +350,7 @@ GRAPHS["MGLD"] = {
         ("decode", 0, "save", "images"),
         ("load", 2, "save", "fps"),
         ("load", 3, "save", "audio"),
+        ("load", 0, "save", "compare_with"),
     ],
     "models": [
         {"name": "MGLD/mgldvsr_unet.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
@@ -360,7 +363,7 @@ GRAPHS["MGLD"] = {
                "video_vae_cfw.ckpt (official release: BaiduNetDisk/OneDrive links in github.com/IanYeung/MGLD-VSR; "
                "mirror huggingface.co/Iceclear/MGLD-VSR) in ComfyUI/models/vsr/mgld/MGLD/; `python -m vsr_core "
                "convert` turns them into .safetensors once. Published: 50 steps, motion guidance -10, 5-frame "
-               "segments, dec_w 1, AdaIN colour fix; 'overlap' removes the seams between segments.", (0, 700))],
+               "segments, dec_w 1, AdaIN colour fix; 'overlap' removes the seams between segments.", (0, 860))],
 }
 
 
@@ -376,12 +379,13 @@ GRAPHS["QuickStart"] = {
         ("upscale", 0, "save", "images"),
         ("load", 2, "save", "fps"),
         ("load", 3, "save", "audio"),
+        ("load", 0, "save", "compare_with"),
     ],
     "models": [],
     "notes": [("Quick start: no download needed. The pack's own learned multi-frame upscaler (weights ship with "
                "the pack) upscales x4 (or x2); switch 'method' to bicubic or lanczos to compare, or connect core's "
                "'Load Upscale Model' to the upscale_model input to use an ESRGAN/SPAN/SwinIR file you have. Pick "
-               "your clip in the loader (frame_load_cap limits the frames for a first try).", (0, 420))],
+               "your clip in the loader (frame_load_cap limits the frames for a first try).", (0, 600))],
 }
 
 

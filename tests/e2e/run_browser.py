@@ -22,9 +22,11 @@ from pathlib import Path
 
 PACK_MARKERS = ("DiffusionVSR", "vsr_", "VSR_")
 
-LOAD_AND_QUEUE = """
-async ([workflow, overrides]) => {
+LOAD = """
+async ([workflow, overrides, vue]) => {
   const app = window.app ?? window.comfyAPI?.app?.app;
+  const settings = app.extensionManager.setting;
+  if (Boolean(settings.get("Comfy.VueNodes.Enabled")) !== vue) await settings.set("Comfy.VueNodes.Enabled", vue);
   await app.loadGraphData(workflow, true, true);
   const missing = [];
   for (const [type, widget, value] of overrides) {
@@ -37,6 +39,13 @@ async ([workflow, overrides]) => {
       w.callback?.(value);
     }
   }
+  return missing;
+}
+"""
+
+QUEUE = """
+async (missing) => {
+  const app = window.app ?? window.comfyAPI?.app?.app;
   const prompt = await app.graphToPrompt();
   const api = window.comfyAPI?.api?.api;
   const nodes = Object.keys(prompt.output).length;
@@ -62,8 +71,80 @@ def _value(text: str):
         return text
 
 
+# what the pack's widgets show: the loader preview, compare sliders, and the save node's video
+PREVIEWS = """
+() => ({
+  preview: [...document.querySelectorAll(".vsr-preview")].map((e) => {
+    const v = e.querySelector("video");
+    return {caption: e.querySelector(".vsr-preview-caption").textContent, width: v.videoWidth,
+            height: v.videoHeight, duration: v.duration, shown: e.getBoundingClientRect().width > 0};
+  }),
+  vsr_widgets: (window.app ?? window.comfyAPI?.app?.app).graph._nodes.filter((n) => n.type?.startsWith("VSR_")).map((n) =>
+    [n.type, (n.widgets ?? []).map((w) => w.name).join(","), !!n.vsrCompare, n.vsrCompare?.element?.isConnected]),
+  compare: [...document.querySelectorAll(".vsr-compare")].map((e) => ({
+    a: e.querySelector(".vsr-compare-a").naturalWidth, b: e.querySelector(".vsr-compare-b").naturalWidth,
+    labels: [...e.querySelectorAll("span")].map((s) => s.textContent),
+    shown: e.getBoundingClientRect().width > 0})),
+  videos: [...document.querySelectorAll("video")].map((v) => v.currentSrc).filter((s) => s.includes("/view?")),
+})
+"""
+
+
+def wait_for_previews(page, timeout_ms: int = 30_000) -> dict:
+    """The widgets' state once every loader preview has settled (shown or failed)."""
+    try:
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.vsr-preview')].every((e) => e.querySelector('video').videoWidth"
+            " > 0 || e.textContent.includes('⚠'))", timeout=timeout_ms)
+    except Exception:  # report what is there; the caller's assertions say what is missing
+        pass
+    return page.evaluate(PREVIEWS)
+
+
+def _queue_and_wait(page, missing: list, timeout: float, result: dict) -> None:
+    """Queue the loaded graph the frontend's way and wait for its history entry; fills ``result``."""
+    queued = page.evaluate(QUEUE, missing)
+    result["queued"] = queued
+    # what the frontend's missing-models dialog (fed by the workflow's model hints) shows
+    result["dialogs"] = page.evaluate("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")
+    body = queued.get("body")
+    pid = body.get("prompt_id") if isinstance(body, dict) else None
+    if queued["status"] != 200 or not pid:
+        result["status"] = "rejected"
+    else:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            hist = page.evaluate("async (id) => (await (await fetch('/history/' + id)).json())", pid)
+            if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+                entry = hist[pid]
+                result["status"] = entry["status"].get("status_str")
+                result["messages"] = [m for m in entry["status"].get("messages", [])
+                                      if m[0] in ("execution_error", "execution_interrupted")]
+                result["outputs"] = entry.get("outputs", {})
+                break
+            page.wait_for_timeout(1000)
+        else:
+            result["status"] = "timeout"
+    page.wait_for_timeout(500)
+    expected = sum(1 for o in result.get("outputs", {}).values() if o.get("vsr_compare"))
+    try:  # the compare widgets appear (the Vue renderer mounts them a little later) and load their pictures
+        page.wait_for_function(
+            "(n) => { const e = [...document.querySelectorAll('.vsr-compare-b')];"
+            " return e.length >= n && e.every((i) => i.complete && i.naturalWidth > 0); }", arg=expected,
+            timeout=15_000)
+    except Exception:
+        pass
+    result["after_run"] = page.evaluate(PREVIEWS)
+    result["seconds"] = round(time.time() - t0, 1) if pid else None
+    result["widgets_text"] = page.evaluate(
+        "() => [...document.querySelectorAll('pre.vsr-metrics')].map((e) => e.textContent)")
+    result["progress_text"] = page.evaluate(
+        "() => [...document.querySelectorAll('div.vsr-progress')].map((e) => e.textContent).filter(Boolean)")
+
+
 def run(url: str, workflow: Path, overrides: list[tuple[str, str, object]], timeout: float,
-        chromium: str | None = None) -> dict:
+        chromium: str | None = None, vue: bool = False, queue: bool = True, screenshot: str | None = None,
+        upload: str | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     wf = json.loads(workflow.read_text())
@@ -73,40 +154,25 @@ def run(url: str, workflow: Path, overrides: list[tuple[str, str, object]], time
         raise RuntimeError("Chromium not found (apt install chromium)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 2400, "height": 1400})
         page.on("console", lambda m: console.append({"type": m.type, "text": m.text}))
         page.on("pageerror", lambda e: console.append({"type": "pageerror", "text": str(e)}))
         page.goto(url, wait_until="domcontentloaded")
         page.wait_for_function("() => (window.app ?? window.comfyAPI?.app?.app)?.graph != null", timeout=120_000)
         page.wait_for_timeout(1500)  # extensions finish registering
-        queued = page.evaluate(LOAD_AND_QUEUE, [wf, overrides])
-        result = {"workflow": workflow.name, "queued": queued}
-        # what the frontend's missing-models dialog (fed by the workflow's model hints) shows
-        result["dialogs"] = page.evaluate("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")
-        body = queued.get("body")
-        pid = body.get("prompt_id") if isinstance(body, dict) else None
-        if queued["status"] != 200 or not pid:
-            result["status"] = "rejected"
-        else:
-            t0 = time.time()
-            while time.time() - t0 < timeout:
-                hist = page.evaluate("async (id) => (await (await fetch('/history/' + id)).json())", pid)
-                if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
-                    entry = hist[pid]
-                    result["status"] = entry["status"].get("status_str")
-                    result["messages"] = [m for m in entry["status"].get("messages", [])
-                                          if m[0] in ("execution_error", "execution_interrupted")]
-                    result["outputs"] = entry.get("outputs", {})
-                    break
-                page.wait_for_timeout(1000)
-            else:
-                result["status"] = "timeout"
-        page.wait_for_timeout(500)
-        result["seconds"] = round(time.time() - t0, 1) if pid else None
-        result["widgets_text"] = page.evaluate(
-            "() => [...document.querySelectorAll('pre.vsr-metrics')].map((e) => e.textContent)")
-        result["progress_text"] = page.evaluate(
-            "() => [...document.querySelectorAll('div.vsr-progress')].map((e) => e.textContent)")
+        missing = page.evaluate(LOAD, [wf, overrides, vue])
+        if upload:  # the loader's upload button: its file input, as a user's file chooser fills it
+            page.set_input_files("input[type=file][accept^='video']", upload)
+            page.wait_for_function(
+                "(name) => (window.app ?? window.comfyAPI?.app?.app).graph._nodes.some((n) => "
+                "n.type === 'VSR_LoadVideoFrames' && n.widgets.find((w) => w.name === 'video').value === name "
+                "&& n.vsrPreviewInfo?.name === name)", arg=Path(upload).name, timeout=60_000)
+        result = {"workflow": workflow.name, "vue": vue, "before_run": wait_for_previews(page)}
+        result["missing"] = missing
+        if queue:
+            _queue_and_wait(page, missing, timeout, result)
+        if screenshot:
+            page.screenshot(path=screenshot)
         browser.close()
     errors = [c for c in console if c["type"] in ("error", "pageerror")]
     result["console_errors"] = errors
@@ -122,6 +188,10 @@ def main(argv=None) -> int:
                    help="override a widget on every node of TYPE (value parsed as JSON when possible)")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--chromium", default=None)
+    p.add_argument("--vue", action="store_true", help="use the Vue node renderer (Nodes 2.0)")
+    p.add_argument("--no-queue", action="store_true", help="only load the workflow and report the previews")
+    p.add_argument("--screenshot", default=None, help="save a PNG of the page at the end")
+    p.add_argument("--upload", default=None, help="upload this video through the loader's button first")
     args = p.parse_args(argv)
     overrides = []
     for item in args.set:
@@ -130,8 +200,11 @@ def main(argv=None) -> int:
         if not widget:
             p.error(f"--set wants TYPE.widget=value, got {item!r}")
         overrides.append((node_type, widget, _value(value)))
-    result = run(args.url, args.workflow, overrides, args.timeout, args.chromium)
+    result = run(args.url, args.workflow, overrides, args.timeout, args.chromium, vue=args.vue,
+                 queue=not args.no_queue, screenshot=args.screenshot, upload=args.upload)
     print(json.dumps(result, indent=2))
+    if args.no_queue:
+        return 0 if not result["missing"] else 1
     ok = result["status"] == "success" and not result["pack_console_errors"] and not result["queued"]["missing"]
     return 0 if ok else 1
 

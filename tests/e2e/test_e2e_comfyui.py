@@ -107,8 +107,21 @@ def test_pack_imports_without_failure(server):
     assert {"VSR_LoadVideoFrames", "VSR_VideoUpscaler", "VSR_VideoMetrics", "VSR_SaveVideo"} <= set(info)
 
 
+def _browser(url: str, workflow: Path, sets: list[str], *extra: str) -> dict:
+    cmd = [COMFY_PY, str(REPO / "tests" / "e2e" / "run_browser.py"), "--url", url, "--workflow", str(workflow),
+           "--timeout", "600", "--chromium", CHROMIUM, *extra]
+    for s in sets:
+        cmd += ["--set", s]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"run_browser.py failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
-def test_shipped_workflow_runs_in_the_browser(server, workflow):
+def test_shipped_workflow_runs_in_the_browser(server, workflow, renderer):
     from smoke_models import FAST
 
     from vsr_core.io import probe
@@ -117,12 +130,9 @@ def test_shipped_workflow_runs_in_the_browser(server, workflow):
     sets = ["VSR_LoadVideoFrames.video=input.mp4", "VSR_LoadVideoFrames.frame_load_cap=5"]
     for node_type, widgets in FAST.items():
         sets += [f"{node_type}.{k}={json.dumps(v)}" for k, v in widgets.items()]
-    cmd = [COMFY_PY, str(REPO / "tests" / "e2e" / "run_browser.py"), "--url", url, "--workflow", str(workflow),
-           "--timeout", "600", "--chromium", CHROMIUM]
-    for s in sets:
-        cmd += ["--set", s]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    result = json.loads(done.stdout)
+    if renderer == "vue":  # a different seed: every node runs again instead of coming from the cache
+        sets += ["VSR_SaveVideo.filename_prefix=VSR/vue", "VSR_LoadVideoFrames.resize=multiple_of_8"]
+    result = _browser(url, workflow, sets, *(["--vue"] if renderer == "vue" else []))
     assert result["queued"]["status"] == 200, result["queued"]
     assert result["status"] == "success", result.get("messages")
     assert result["pack_console_errors"] == []
@@ -143,3 +153,27 @@ def test_shipped_workflow_runs_in_the_browser(server, workflow):
     item = saves[0]["images"][0]
     info = probe(root / "output" / item["subfolder"] / item["filename"])
     assert (info.width, info.height, info.num_frames) == (192, 128, 5)
+    # before the run the loader previews the 5 selected frames; after it the save node plays the result
+    # and its compare slider shows input/output pairs
+    (preview,) = result["before_run"]["preview"]
+    assert preview["shown"] and preview["width"] > 0, preview
+    assert preview["caption"].startswith("48×32 · 5/6 frames @ 12 fps · source 0…4"), preview
+    assert any(item["filename"] in src for src in result["after_run"]["videos"]), result["after_run"]
+    (compare,) = result["after_run"]["compare"]
+    assert compare["shown"] and compare["a"] == compare["b"] == 192 and compare["labels"] == ["input", "output"]
+
+
+def test_loader_upload_button_and_preview_follow_the_selection(server, tmp_path):
+    from media import indexed_frames, write_video
+
+    url, root = server
+    clip = tmp_path / "uploaded_clip.mp4"
+    write_video(clip, indexed_frames(9, 32, 48), fps=18)
+    sets = ["VSR_LoadVideoFrames.skip_first_frames=1", "VSR_LoadVideoFrames.select_every_nth=2",
+            "VSR_LoadVideoFrames.frame_load_cap=0"]
+    result = _browser(url, REPO / "workflows" / "QuickStart.json", sets, "--no-queue", "--upload", str(clip))
+    assert (root / "input" / clip.name).is_file()  # the button uploaded it into ComfyUI's input folder
+    (preview,) = result["before_run"]["preview"]
+    assert preview["caption"].startswith("48×32 · 4/9 frames @ 9 fps · source 1…7"), preview
+    assert preview["duration"] == pytest.approx(4 / 9, abs=0.06)
+    assert result["pack_console_errors"] == []
