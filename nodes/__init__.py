@@ -12,7 +12,7 @@ from . import comfy_adapter
 
 log = logging.getLogger("diffusion_vsr")
 
-NODE_MODULES = ("video", "upscale", "flow", "diffusion")
+NODE_MODULES = ("video", "upscale", "flow", "diffusion", "satec")
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 IMPORT_ERRORS: dict[str, str] = {}

@@ -203,6 +203,28 @@ def model_path(kind: str, name: str) -> Path:
                             f"ComfyUI/models/vsr/{kind}/ (or a 'vsr_{kind}' entry of extra_model_paths.yaml)")
 
 
+def checkpoint_folders() -> list[str]:
+    """ComfyUI's ``checkpoints`` folders (or ``<models>/checkpoints`` without ComfyUI)."""
+    c = _comfy()
+    if c is not None and "models" not in _overrides:
+        try:
+            return list(c[0].get_folder_paths("checkpoints"))
+        except KeyError:
+            pass
+    return [os.path.join(_directory("models"), "checkpoints")]
+
+
+def list_checkpoints() -> list[str]:
+    """Checkpoint files (relative names) in ComfyUI's checkpoints folders, sorted."""
+    names = set()
+    for folder in checkpoint_folders():
+        root = Path(folder)
+        if root.is_dir():
+            names.update(p.relative_to(root).as_posix() for p in root.rglob("*")
+                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+    return sorted(names)
+
+
 _model_cache: dict = {}
 
 

@@ -162,14 +162,15 @@ class VSR_LatentEncoderLR:
         return (_latent_out(samples, cond),)
 
 
-DECODE_MODES = ["auto", "per-frame", "uav video VAE", "mgld CFW"]
+DECODE_MODES = ["auto", "per-frame", "uav video VAE", "mgld CFW", "satec SFA/TFA"]
 COLOR_FIXES = ["auto", "none", "adain", "wavelet", "lab"]
 
 
 def _decode_mode(model, mode: str) -> str:
     if mode != "auto":
         return mode
-    return {"upscale_a_video": "uav video VAE", "mgld": "mgld CFW"}.get(model.method, "per-frame")
+    return {"upscale_a_video": "uav video VAE", "mgld": "mgld CFW", "satec": "satec SFA/TFA"}.get(model.method,
+                                                                                                   "per-frame")
 
 
 class VSR_TemporalVAEDecode:
@@ -177,7 +178,8 @@ class VSR_TemporalVAEDecode:
                    "(a 4K output decodes on 8 GB). uav video VAE: Upscale-A-Video's temporal decoder, 3-frame "
                    "chunks conditioned on the LR frames (vae_weight = w_lr). mgld CFW: MGLD's temporal-aware "
                    "sequence decoder with controllable feature wrapping (vae_weight = dec_w). auto picks the "
-                   "model's own. An optional colour fix matches the colours of the bicubic-upscaled input.")
+                   "model's own. satec: the SD 2.x VAE with SATeCo's SFA/TFA guided by the upscaled frames. An "
+                   "optional colour fix matches the colours of the bicubic-upscaled input.")
     CATEGORY = f"{CATEGORY}/latent"
     FUNCTION = "decode"
     RETURN_TYPES = ("IMAGE",)
@@ -237,6 +239,17 @@ class VSR_TemporalVAEDecode:
             frames = decode_mgld(model, z, cond, dec_w=vae_weight, color_fix=color_fix,
                                  min_side=latent.get(MGLD_MIN_SIDE_KEY, 512))
             bar(z.shape[0], z.shape[0])
+        elif mode == "satec SFA/TFA":
+            from vsr_core.sampling.satec import decode_satec
+
+            if cond is None or getattr(model, "satec", None) is None:
+                raise ValueError("SATeCo decoding needs a model from 'Load SATeCo (VSR)' and the LATENT of the "
+                                 "SATeCo sampler (it carries the upscaled frames that guide the decoder)")
+            _make_room(model, "vae")
+            frames = (decode_satec(model, model.satec, z, cond, clip_length=latent.get("vsr_clip_length", 6),
+                                   progress=bar) / 2 + 0.5).clamp(0, 1)
+            if color_fix != "none":
+                frames = _color_fix(frames, cond, color_fix)
         else:
             from vsr_core.sampling.decode import decode_latents
 

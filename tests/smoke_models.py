@@ -16,11 +16,37 @@ SMOKE_MODELS = {
     "StableVSR": ("vsr/stablevsr/StableVSR", "vsr_core.loaders.tiny:write_tiny_stablevsr"),
     "UpscaleAVideo": ("vsr/upscale_a_video/upscale_a_video", "vsr_core.loaders.uav:write_tiny_uav"),
     "MGLD": ("vsr/mgld/MGLD", "vsr_core.loaders.mgld:write_tiny_mgld"),
+    "SATeCo": (".", "smoke_models:write_satec_smoke"),
 }
+SATECO_BASE = "v2-1_768-ema-pruned.safetensors"  # in models/checkpoints/, as the workflow names it
+SATECO_ADAPTERS = "satec.safetensors"              # in models/vsr/satec/
+# sizes of the smoke set's SATeCo parts (the tests' tiny configuration)
+SATECO_TINY = dict(latent_guide_channels=16, pixel_guide_channels=8, sfa_hidden=16, tubelet=[3, 4, 4], max_inner=32,
+                   head_dim=16, refiner_channels=16)
 
 # widget overrides that keep a smoke run short (sampler steps; MGLD's minimum side)
 FAST = {"VSR_StableVSRSampler": {"steps": 2}, "VSR_UpscaleAVideoSampler": {"steps": 2, "propagation_steps": "1"},
-        "VSR_MGLDSampler": {"steps": 2, "min_side": 0}}
+        "VSR_MGLDSampler": {"steps": 2, "min_side": 0}, "VSR_SATeCoSampler": {"steps": 2}}
+
+
+def write_satec_smoke(models: Path) -> Path:
+    """A tiny SD 2.x checkpoint in models/checkpoints/ and tiny random "trained" SATeCo parts for it."""
+    import torch
+
+    from vsr_core.loaders.satec import load_sd_base, new_parts, save_satec
+    from vsr_core.loaders.tiny import randomize_, write_tiny_sd2_single_file
+    from vsr_core.models.satec import SATeCoConfig
+
+    base_file = write_tiny_sd2_single_file(Path(models) / "checkpoints" / SATECO_BASE)
+    base = load_sd_base(base_file, text_encoder=False)
+    parts = new_parts(SATeCoConfig.from_dict({**SATeCoConfig().to_dict(), **SATECO_TINY}), base)
+    with torch.no_grad():
+        for i, m in enumerate(parts.modules().values()):
+            randomize_(m, i)
+            for p in m.parameters():
+                p.mul_(0.1)  # gentle: the smoke outputs stay in range
+    parts.trained = {"unet", "vae", "refiner"}
+    return save_satec(Path(models) / "vsr" / "satec" / SATECO_ADAPTERS, parts)
 
 
 def write_smoke_models(models: Path, names=None) -> list[Path]:
@@ -33,6 +59,8 @@ def write_smoke_models(models: Path, names=None) -> list[Path]:
             continue  # a workflow without weights (QuickStart)
         folder, writer = SMOKE_MODELS[name]
         module, func = writer.split(":")
+        if module == "smoke_models":
+            module = __name__
         target = Path(models) / folder
         getattr(importlib.import_module(module), func)(target)
         out.append(target)

@@ -30,8 +30,9 @@ def test_workflow_is_valid_and_up_to_date(path):
     for model in wf.get("models", []):
         # the frontend's missing-models check looks the directory up among the model folder keys and
         # the name among that folder's files (relative paths): both must be real
-        assert model["url"].startswith("https://") and model["directory"].startswith("vsr_")
-        assert model["directory"][4:] in ("flow", "stablevsr", "upscale_a_video", "mgld", "sd_x4", "upscaler")
+        assert model["url"].startswith("https://")
+        assert model["directory"] == "checkpoints" or model["directory"] in {
+            f"vsr_{k}" for k in ("flow", "stablevsr", "upscale_a_video", "mgld", "sd_x4", "upscaler", "satec")}
         assert " " not in model["name"] and model["name"].rsplit(".", 1)[-1] in ("safetensors", "ckpt", "pth", "bin")
 
 

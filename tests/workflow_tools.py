@@ -367,6 +367,46 @@ GRAPHS["MGLD"] = {
 }
 
 
+GRAPHS["SATeCo"] = {
+    "id": "9e4b1c27-3d5a-4f86-b0c1-7a2e5d8f6b04",
+    "nodes": {
+        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 12, "resize": "multiple_of_8"},
+                 (0, 0)),
+        "upscale": ("VSR_VideoUpscaler", {"scale": 4, "method": "learned"}, (380, 0)),
+        "model": ("VSR_LoadSATeCo", {"base": "checkpoints/v2-1_768-ema-pruned.safetensors",
+                                     "adapters": "satec.safetensors"}, (0, 600)),
+        "sampler": ("VSR_SATeCoSampler", {"strength": 0.5, "steps": 20, "seed": 0, "clip_length": 6}, (760, 200)),
+        "decode": ("VSR_TemporalVAEDecode", {"mode": "satec SFA/TFA"}, (1140, 200)),
+        "refine": ("VSR_VideoRefiner", {"weight": 0.5}, (1520, 200)),
+        "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/SATeCo"}, (1900, 200)),
+    },
+    "links": [
+        ("load", 0, "upscale", "frames"),
+        ("model", 0, "sampler", "model"),
+        ("upscale", 0, "sampler", "upscaled"),
+        ("model", 0, "decode", "model"),
+        ("sampler", 0, "decode", "latent"),
+        ("model", 0, "refine", "model"),
+        ("upscale", 0, "refine", "upscaled"),
+        ("decode", 0, "refine", "decoded"),
+        ("refine", 0, "save", "images"),
+        ("load", 2, "save", "fps"),
+        ("load", 3, "save", "audio"),
+        ("load", 0, "save", "compare_with"),
+    ],
+    "models": [
+        {"name": "v2-1_768-ema-pruned.safetensors",
+         "url": "https://huggingface.co/stabilityai/stable-diffusion-2-1/resolve/main/v2-1_768-ema-pruned.safetensors",
+         "directory": "checkpoints"},
+    ],
+    "notes": [("SATeCo (Chen et al., CVPR 2024) on your Stable Diffusion 2.1 checkpoint (models/checkpoints). SATeCo has "
+               "no published weights: train its adapters with `python -m vsr_core train-satec --stage 2/3/4 --data "
+               "YOUR_HR_CLIPS --base v2-1_768-ema-pruned.safetensors` and put the resulting satec.safetensors in "
+               "ComfyUI/models/vsr/satec/ (README, 'SATeCo'). The learned upscaler gives X_u; strength 0.5 over 20 "
+               "DDIM steps; clips of 6 frames (the tubelet length); refiner w = 0.5 as published.", (0, 860))],
+}
+
+
 GRAPHS["QuickStart"] = {
     "id": "5c2a7e90-1f3b-4d68-8e0a-9b4d2c6f7a03",
     "nodes": {

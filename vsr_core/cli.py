@@ -6,6 +6,7 @@
     python -m vsr_core probe IN
     python -m vsr_core convert mgldvsr_unet.ckpt       # one-time safe .ckpt -> .safetensors
     python -m vsr_core train-upscaler [--steps N]      # (re)train the learned upscaler; rerun resumes
+    python -m vsr_core train-satec --stage 2 --data CLIPS --base SD2.safetensors [--dry-run]
 """
 from __future__ import annotations
 
@@ -170,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.upscaler import add_arguments, main_from_args
     add_arguments(t)
     t.set_defaults(func=main_from_args)
+
+    ts = sub.add_parser("train-satec", help="train one SATeCo stage on a folder of HR clips (resumable; --dry-run "
+                        "checks data and memory first)")
+    from .training.satec import add_arguments as satec_arguments, main_from_args as satec_main
+    satec_arguments(ts)
+    ts.set_defaults(func=satec_main)
 
     pr = sub.add_parser("probe", help="print a video's metadata as JSON")
     pr.add_argument("input")

@@ -62,8 +62,8 @@ def server(tmp_path_factory):
         (root / d).mkdir()
     (root / "packs" / "ComfyUI-DiffusionVSR").symlink_to(REPO, target_is_directory=True)
     write_smoke_models(root / "models")
-    kinds = ("stablevsr", "upscale_a_video", "mgld", "flow", "upscaler")
-    yaml = ["diffusion_vsr_e2e:", f"    custom_nodes: {root / 'packs'}"]
+    kinds = ("stablevsr", "upscale_a_video", "mgld", "flow", "upscaler", "satec")
+    yaml = ["diffusion_vsr_e2e:", f"    custom_nodes: {root / 'packs'}", f"    checkpoints: {root / 'models' / 'checkpoints'}"]
     yaml += [f"    vsr_{k}: {root / 'models' / 'vsr' / k}" for k in kinds]
     (root / "extra.yaml").write_text("\n".join(yaml) + "\n")
     frames = indexed_frames(6, 32, 48)

@@ -83,6 +83,10 @@ SOURCES = {
         "'x4-upscaler-ema.safetensors' (or .ckpt) from the Hugging Face repo "
         "'stabilityai/stable-diffusion-x4-upscaler', placed as ComfyUI/models/vsr/sd_x4/x4-upscaler-ema.safetensors"
     ),
+    "sd2_diffusers": (
+        "a Stable Diffusion 2.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), placed as "
+        "ComfyUI/models/vsr/satec/<folder>/"
+    ),
 }
 ACCEPTED = (
     "Accepted: (1) " + SOURCES["stablevsr"] + "; (2) " + SOURCES["sd_x4_diffusers"] + "; (3) "

@@ -40,6 +40,10 @@ __all__ = [
     "tiny_single_file_configs",
     "tiny_text_config",
     "tiny_open_clip",
+    "TINY_SD2_UNET",
+    "TINY_SD2_VAE",
+    "write_tiny_sd2_single_file",
+    "write_tiny_sd2",
 ]
 
 _DOWN = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
@@ -314,3 +318,71 @@ def tiny_single_file_configs() -> dict[str, dict]:
 
 def _public(config: Mapping) -> dict:
     return {k: v for k, v in config.items() if k != "_source"}
+
+
+# SD 2.x structure (text attention in the first levels, linear projections, 4-channel latent, a VAE with
+# an x8 latent grid) at width 32/64; cross-attention width = the tiny CLIP's.
+TINY_SD2_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1,
+    "attention_head_dim": [2, 4, 4],
+    "cross_attention_dim": 32,
+    "norm_num_groups": 32,
+    "use_linear_projection": True,
+}
+TINY_SD2_VAE = {**TINY_VAE, "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+                "block_out_channels": [32, 32, 32, 64], "scaling_factor": 0.18215}
+
+
+def _tiny_sd2_modules(seed: int) -> dict[str, nn.Module]:
+    return {"unet": _build("UNet2DConditionModel", TINY_SD2_UNET, seed),
+            "vae": _build("AutoencoderKL", TINY_SD2_VAE, seed + 2)}
+
+
+def tiny_sd2_configs() -> dict[str, dict]:
+    """Architecture configs of the tiny SD 2.x base (what the single file embeds)."""
+    cfg = tiny_single_file_configs()
+    cfg.update({"unet": copy.deepcopy(TINY_SD2_UNET), "vae": copy.deepcopy(TINY_SD2_VAE)})
+    return cfg
+
+
+def write_tiny_sd2_single_file(path: str | Path, seed: int = 0, v_prediction: bool = True) -> Path:
+    """A tiny SD 2.x single-file checkpoint in the LDM naming a ComfyUI checkpoint has
+    (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.model.*``), its tiny configs
+    in the safetensors metadata. ``v_prediction`` sets the spread of the bias ``load_sd_base`` reads to
+    tell a 768-v model from the 512 base. Returns the path."""
+    path = Path(path)
+    mods = _tiny_sd2_modules(seed)
+    ucfg, vcfg = dict(mods["unet"].config), dict(mods["vae"].config)
+    sd: dict[str, Tensor] = {}
+    unet_ldm = diffusers_unet_to_ldm(_state(mods["unet"]), ucfg)
+    key = "output_blocks.{}.1.transformer_blocks.0.norm1.bias"
+    last = max(int(k.split(".")[1]) for k in unet_ldm if k.startswith("output_blocks."))
+    bias = unet_ldm[key.format(last)]
+    unet_ldm[key.format(last)] = bias / bias.std() * (0.2 if v_prediction else 0.01)
+    for k, v in unet_ldm.items():
+        sd[LDM_PREFIXES["unet"] + k] = v.contiguous()
+    for k, v in diffusers_vae_to_ldm(_state(mods["vae"]), vcfg).items():
+        sd[LDM_PREFIXES["vae"] + k] = v.contiguous()
+    sd.update({k: v.contiguous() for k, v in tiny_open_clip(seed).items()})
+    _save(sd, path, metadata={"vsr_configs": json.dumps(tiny_sd2_configs())})
+    return path
+
+
+def write_tiny_sd2(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny SD 2.x diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/ with
+    ``epsilon`` prediction). Returns the folder."""
+    folder = Path(folder)
+    for name, module in _tiny_sd2_modules(seed).items():
+        _write_component(folder / name, module, _state(module), "safetensors")
+    _write_text_side(folder, seed)
+    sched = _public(shipped_config("sd2", "scheduler"))
+    sched["prediction_type"] = "epsilon"
+    _write_json(folder / "scheduler" / "scheduler_config.json", sched)
+    return folder

@@ -32,7 +32,7 @@ class VSRModel:
     which overflows in fp16). device: compute device; offload_device: where weights rest between uses.
     source: where it was loaded from (paths), for messages and cache keys.
     struct_encoder: MGLD's time-aware structure encoder (compute dtype); video_vae: MGLD's CFW sequence
-    VAE (``vae_dtype``); None for the other methods.
+    VAE (``vae_dtype``); None for the other methods. satec: SATeCo's trained parts (``SATeCoParts``).
     """
 
     method: str
@@ -51,6 +51,7 @@ class VSRModel:
     source: dict = field(default_factory=dict)
     struct_encoder: nn.Module | None = None
     video_vae: nn.Module | None = None
+    satec: Any = None  # SATeCo's adapters and refiner (loaders.satec.SATeCoParts) on its SD 2.x base
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
     @property

@@ -1,0 +1,242 @@
+"""SATeCo: the frozen Stable Diffusion 2.x base, and the adapter file this pack trains.
+
+Base (``load_sd_base``), either of:
+
+* the single-file checkpoint a ComfyUI user already has in ``models/checkpoints/`` (e.g.
+  ``v2-1_768-ema-pruned.safetensors`` / ``.ckpt`` from stabilityai/stable-diffusion-2-1, or the 512 base),
+  with LDM key names (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.model.*``),
+  converted at load time with the same remaps as the x4 single file;
+* a diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``).
+
+The prediction type is the folder's scheduler config, or for a single file, ``v_prediction`` when the
+bias of the last output block's first transformer norm has a spread above 0.09 (the 768-v models) and
+``epsilon`` otherwise (the 512 base); ``prediction`` overrides it.
+
+Adapters (``save_satec`` / ``load_satec``): one safetensors file in ``models/vsr/satec/`` holding any of
+the trained parts, ``unet.*`` (E_z + SFA/TFA of the UNet decoder), ``vae.*`` (guidance encoder + SFA/TFA of
+the VAE decoder), ``refiner.*``, with the ``SATeCoConfig`` and the list of trained parts in its metadata.
+Training stages add their part to the same file. Loading is strict per part.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..models.bundle import VSRModel
+from ..models.satec import SATeCoAdapter, SATeCoConfig, VideoRefiner, decoder_plan
+from .common import key_mismatches, mismatch_message
+from .diffusion import (DiffusionWeightsError, LDM_PREFIXES, _component_weights, _read_json, _single_file_configs,
+                        build_strict, ldm_unet_to_diffusers, ldm_vae_to_diffusers, read_weights,
+                        remap_vae_legacy_attention, resolve_dtype, shipped_config, split_ldm_checkpoint)
+
+__all__ = ["SD_BASE_HINT", "SATeCoParts", "load_sd_base", "detect_prediction", "save_satec", "load_satec",
+           "new_parts", "PARTS", "TRAIN_HINT"]
+
+PARTS = ("unet", "vae", "refiner")
+META_CONFIG = "vsr_satec_config"
+META_PARTS = "vsr_satec_parts"
+SD_BASE_HINT = ("Expected a Stable Diffusion 2.x checkpoint: the single file from ComfyUI/models/checkpoints/ (e.g. "
+                "v2-1_768-ema-pruned.safetensors from huggingface.co/stabilityai/stable-diffusion-2-1) or a diffusers "
+                "folder with unet/, vae/, text_encoder/, tokenizer/, scheduler/ in ComfyUI/models/vsr/satec/.")
+TRAIN_HINT = ("SATeCo has no published weights: train them with this pack, e.g. `python -m vsr_core train-satec "
+              "--stage 2 --data YOUR_CLIPS --base YOUR_SD2.safetensors --out runs/satec` (then --stage 3 and 4), "
+              "and put the resulting satec.safetensors in ComfyUI/models/vsr/satec/. See the README section "
+              "'SATeCo'.")
+
+
+def detect_prediction(unet_ldm: dict[str, Tensor]) -> str:
+    """``v_prediction`` or ``epsilon`` for an SD 2.x UNet in LDM naming (see the module docstring): read on
+    the last output block's first transformer norm (``output_blocks.11.1...`` in SD 2.x)."""
+    import re
+
+    found = [(int(m.group(1)), k) for k in unet_ldm
+             if (m := re.fullmatch(r"output_blocks\.(\d+)\.1\.transformer_blocks\.0\.norm1\.bias", k))]
+    bias = unet_ldm[max(found)[1]] if found else None  # output_blocks.11 in SD 2.x
+    if bias is not None and float(bias.float().std(unbiased=False)) > 0.09:
+        return "v_prediction"
+    return "epsilon"
+
+
+def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.dtype = "auto",
+                 device: str | torch.device = "cpu", offload_device: str | torch.device = "cpu",
+                 text_encoder: bool = True, configs=None) -> VSRModel:
+    """The frozen SD 2.x UNet, VAE (fp32) and text encoder as a ``VSRModel`` with ``method="satec"``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .diffusion import _load_text_side, _single_file_text_side
+
+    if prediction not in ("auto", "epsilon", "v_prediction"):
+        raise ValueError(f"prediction must be 'auto', 'epsilon' or 'v_prediction', got {prediction!r}")
+    root = Path(path)
+    compute = resolve_dtype(dtype, device)
+    encoder = tokenizer = None
+    source = {"path": str(root)}
+    if root.is_dir():
+        if not (root / "unet").is_dir() or not (root / "vae").is_dir():
+            raise DiffusionWeightsError(f"{root} has no unet/ and vae/ folders. {SD_BASE_HINT}")
+        comps = {}
+        for sub, cls, remap in (("unet", UNet2DConditionModel, None), ("vae", AutoencoderKL, remap_vae_legacy_attention)):
+            cfg_file = root / sub / "config.json"
+            cfg = _read_json(cfg_file) if cfg_file.is_file() else shipped_config("sd2", sub)
+            sd, weights = _component_weights(root / sub, f"{sub} of {root.name}", SD_BASE_HINT)
+            comps[sub] = build_strict(cls, cfg, remap(sd) if remap else sd, f"{sub} of {root.name}", weights,
+                                      SD_BASE_HINT)
+            source[sub] = str(weights)
+        unet, vae = comps["unet"], comps["vae"]
+        sched_file = root / "scheduler" / "scheduler_config.json"
+        scheduler = _read_json(sched_file) if sched_file.is_file() else shipped_config("sd2", "scheduler")
+        if text_encoder:
+            encoder, tokenizer, text_src = _load_text_side(root, "sd2_diffusers", compute)
+            source.update(text_src)
+        own_prediction = scheduler.get("prediction_type", "epsilon")
+    elif root.is_file():
+        arch = _single_file_configs(root, configs)
+        parts = split_ldm_checkpoint(read_weights(root, "SD 2.x checkpoint", SD_BASE_HINT))
+        for part in ("unet", "vae"):
+            if not parts[part]:
+                raise DiffusionWeightsError(f"{root} has no '{LDM_PREFIXES[part]}*' keys: not a Stable Diffusion "
+                                            f"single-file checkpoint. {SD_BASE_HINT}")
+        ucfg = arch.get("unet") or shipped_config("sd2", "unet")
+        vcfg = arch.get("vae") or shipped_config("sd2", "vae")
+        if int(ucfg.get("cross_attention_dim", 0)) != 1024 and not arch:
+            raise DiffusionWeightsError(f"{root}: not an SD 2.x checkpoint. {SD_BASE_HINT}")
+        own_prediction = detect_prediction(parts["unet"])
+        unet = build_strict(UNet2DConditionModel, ucfg, ldm_unet_to_diffusers(parts["unet"], ucfg),
+                            "UNet (model.diffusion_model.*)", root, SD_BASE_HINT)
+        vae = build_strict(AutoencoderKL, vcfg, ldm_vae_to_diffusers(parts["vae"], vcfg),
+                           "VAE (first_stage_model.*)", root, SD_BASE_HINT)
+        if text_encoder:
+            if not parts["text_encoder"]:
+                raise DiffusionWeightsError(f"{root} has no 'cond_stage_model.model.*' keys (the OpenCLIP text "
+                                            f"encoder of SD 2.x). {SD_BASE_HINT}")
+            encoder, tokenizer = _single_file_text_side(parts["text_encoder"], root, arch.get("text_encoder"),
+                                                        compute, arch.get("tokenizer"))
+        del parts
+        scheduler = shipped_config("sd2", "scheduler")
+    else:
+        raise DiffusionWeightsError(f"SD 2.x base not found: {root}. {SD_BASE_HINT}")
+    scheduler = {k: v for k, v in scheduler.items() if not k.startswith("_")}
+    scheduler["prediction_type"] = own_prediction if prediction == "auto" else prediction
+    source["prediction_type"] = scheduler["prediction_type"]
+    offload = torch.device(offload_device)
+    unet = nn.Module.to(unet, device=offload, dtype=compute)
+    vae = nn.Module.to(vae, device=offload, dtype=torch.float32)
+    if encoder is not None:
+        encoder = encoder.to(device=offload, dtype=compute)
+    vcfg = vae.config
+    return VSRModel(method="satec", unet=unet, vae=vae, text_encoder=encoder, tokenizer=tokenizer,
+                    scheduler_config=scheduler,
+                    config={"vae_scale_factor": 2 ** (len(vcfg.block_out_channels) - 1),
+                            "scaling_factor": float(vcfg.scaling_factor), "latent_channels": int(vcfg.latent_channels),
+                            "lr_channels": 0},
+                    dtype=compute, vae_dtype=torch.float32, device=torch.device(device), offload_device=offload,
+                    source=source)
+
+
+# ------------------------------------------------------------------------------------------- adapters
+
+@dataclass
+class SATeCoParts:
+    """SATeCo's trainable networks and which of them carry trained weights."""
+
+    config: SATeCoConfig
+    unet: SATeCoAdapter
+    vae: SATeCoAdapter
+    refiner: VideoRefiner
+    trained: set = field(default_factory=set)
+    metadata: dict = field(default_factory=dict)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "vae": self.vae, "refiner": self.refiner}
+
+    def require(self, part: str, what: str) -> None:
+        if part not in self.trained:
+            have = ", ".join(sorted(self.trained)) or "none"
+            raise ValueError(f"{what} needs trained SATeCo '{part}' weights (this file has: {have}). {TRAIN_HINT}")
+
+
+def new_parts(config: SATeCoConfig | None = None, base: VSRModel | None = None) -> SATeCoParts:
+    """Untrained parts (identity at initialisation); with ``base``, sized to its decoder blocks."""
+    config = config or SATeCoConfig()
+    if base is not None:
+        config.unet_blocks, config.vae_blocks = decoder_plan(dict(base.unet.config), dict(base.vae.config))
+        config.latent_channels = int(base.config.get("latent_channels", 4))
+    return SATeCoParts(config, SATeCoAdapter(config, "unet"), SATeCoAdapter(config, "vae"),
+                       VideoRefiner(config.refiner_channels, config.refiner_weight))
+
+
+def check_base(parts: SATeCoParts, base: VSRModel) -> None:
+    """Refuse adapters trained for a base with other decoder blocks than ``base``."""
+    unet_plan, vae_plan = decoder_plan(dict(base.unet.config), dict(base.vae.config))
+    if [list(b) for b in parts.config.unet_blocks] != unet_plan or [list(b) for b in parts.config.vae_blocks] != vae_plan:
+        raise ValueError(f"these SATeCo adapters were trained for a base with decoder blocks {parts.config.unet_blocks} "
+                         f"(UNet) / {parts.config.vae_blocks} (VAE); the loaded base has {unet_plan} / {vae_plan}. "
+                         "Load the base model they were trained on.")
+
+
+def save_satec(path: str | Path, parts: SATeCoParts, which=None, metadata: dict | None = None) -> Path:
+    """Write the parts in ``which`` (default: ``parts.trained``) to ``path`` (safetensors), keeping the
+    other trained parts an existing file at ``path`` already holds. Written atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    which = set(parts.trained if which is None else which)
+    state: dict[str, Tensor] = {}
+    kept: set = set()
+    if path.is_file():
+        old = load_satec(path)
+        for name in old.trained - which:
+            state.update({f"{name}.{k}": v for k, v in old.modules()[name].state_dict().items()})
+            kept.add(name)
+    for name in which:
+        state.update({f"{name}.{k}": v.detach().float().cpu().contiguous()
+                      for k, v in parts.modules()[name].state_dict().items()})
+    meta = {META_CONFIG: json.dumps(parts.config.to_dict()), META_PARTS: ",".join(sorted(which | kept))}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in {**parts.metadata, **(metadata or {})}.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_satec(path: str | Path) -> SATeCoParts:
+    """The parts a SATeCo adapter file holds (strict: every key of each present part, nothing else)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SATeCo adapter file not found: {path}. {TRAIN_HINT}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if META_CONFIG not in meta:
+        raise DiffusionWeightsError(f"{path} is not a SATeCo adapter file of this pack (no '{META_CONFIG}' "
+                                    f"metadata). {TRAIN_HINT}")
+    parts = new_parts(SATeCoConfig.from_dict(json.loads(meta[META_CONFIG])))
+    trained = {p for p in meta.get(META_PARTS, "").split(",") if p}
+    sd = load_file(str(path))
+    for name, module in parts.modules().items():
+        own = {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")}
+        if name not in trained:
+            if own:
+                raise DiffusionWeightsError(f"{path}: weights for '{name}' but the metadata does not list it")
+            continue
+        message = mismatch_message(f"{path}: the SATeCo '{name}' weights do not match the architecture:",
+                                   *key_mismatches(module.state_dict(), own))
+        if message:
+            raise DiffusionWeightsError(message)
+        module.load_state_dict(own, strict=True)
+    stray = [k for k in sd if k.split(".", 1)[0] not in PARTS]
+    if stray:
+        raise DiffusionWeightsError(f"{path}: unexpected keys {stray[:5]}")
+    parts.trained = trained
+    parts.metadata = {k: v for k, v in meta.items() if k not in (META_CONFIG, META_PARTS)}
+    for m in parts.modules().values():
+        m.eval().requires_grad_(False)
+    return parts
