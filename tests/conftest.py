@@ -37,3 +37,14 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real test clips not found at {path} (set VSR_SHARED_DIR to the shared/ folder)")
     return path
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """ComfyUI-like input/output/temp/models folders for nodes run without ComfyUI."""
+    from pack import comfy_folders
+
+    for kind in ("input", "output", "temp", "models"):
+        (tmp_path / kind).mkdir()
+    with comfy_folders(**{k: tmp_path / k for k in ("input", "output", "temp", "models")}):
+        yield tmp_path

@@ -10,22 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from media import frame_index, indexed_frames, write_video
-from pack import REPO, comfy_folders, load_pack
+from pack import REPO, load_pack
 
 PACK = load_pack()
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
 adapter = importlib.import_module(f"{PACK.__name__}.nodes.comfy_adapter")
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-
-
-@pytest.fixture
-def folders(tmp_path):
-    """ComfyUI-like input/output/temp/models folders for nodes run without ComfyUI."""
-    for kind in ("input", "output", "temp", "models"):
-        (tmp_path / kind).mkdir()
-    with comfy_folders(**{k: tmp_path / k for k in ("input", "output", "temp", "models")}):
-        yield tmp_path
 
 
 def test_pack_registers_its_nodes_with_the_prefix_and_one_category():

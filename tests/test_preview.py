@@ -10,7 +10,7 @@ import cv2
 import pytest
 import torch
 from media import frame_index, indexed_frames, write_video
-from pack import comfy_folders, load_pack
+from pack import load_pack
 
 from vsr_core.io import FrameSelection, iter_frames, probe
 from vsr_core.io.preview import compare_stills, preview_size, selection_preview
@@ -19,14 +19,6 @@ PACK = load_pack()
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
 adapter = importlib.import_module(f"{PACK.__name__}.nodes.comfy_adapter")
 video_nodes = importlib.import_module(f"{PACK.__name__}.nodes.video")
-
-
-@pytest.fixture
-def folders(tmp_path):
-    for kind in ("input", "output", "temp", "models"):
-        (tmp_path / kind).mkdir()
-    with comfy_folders(**{k: tmp_path / k for k in ("input", "output", "temp", "models")}):
-        yield tmp_path
 
 
 def test_preview_size_fits_and_keeps_even_sides():
