@@ -12,7 +12,7 @@ from vsr_core.io.frames import check_image, image_to_nchw, nchw_to_image
 
 from . import comfy_adapter as comfy
 from .common import CATEGORY
-from .diffusion import DTYPE_CHOICES, LATENT_KEY, OFFLOAD_CHOICES, SCHEDULERS, _make_room, _sampler_progress
+from .diffusion import DTYPE_CHOICES, LATENT_KEY, OFFLOAD_CHOICES, SCHEDULERS, _make_room
 
 NO_ADAPTERS = "none (untrained: train them first)"
 
@@ -134,12 +134,9 @@ class VSR_SATeCoSampler:
         model.satec.require("unet", "The SATeCo sampler")
         x_u = image_to_nchw(frames) * 2 - 1
         _make_room(model, "unet", "vae")
-        run = max(int(round(steps * strength)), 1)
-        callback = _sampler_progress(run * frames.shape[0], unique_id, frames.shape[0])
-        total = run * -(-frames.shape[0] // clip_length)
+        bar = comfy.Progress(1, unique_id, unit="step")  # the sampler reports steps x clips and their total
         z = sample_satec_latents(model, model.satec, x_u, strength=strength, steps=steps, seed=seed,
-                                 clip_length=clip_length, scheduler=scheduler,
-                                 progress=lambda d, t: callback(d * frames.shape[0] // max(total, 1), None))
+                                 clip_length=clip_length, scheduler=scheduler, progress=bar)
         comfy.soft_empty_cache()
         return ({"samples": z, LATENT_KEY: x_u, "vsr_clip_length": int(clip_length)},)
 

@@ -45,6 +45,7 @@ __all__ = [
     "diffusers_vae_to_ldm",
     "split_ldm_checkpoint",
     "build_strict",
+    "build_ldm_unet_vae",
 ]
 
 LAYOUTS = ("stablevsr", "sd_x4_diffusers", "sd_x4_single_file")
@@ -402,6 +403,26 @@ def build_strict(cls: type[nn.Module], config: Mapping[str, Any], state_dict: Ma
     return model.eval().requires_grad_(False)
 
 
+def build_ldm_unet_vae(parts: Mapping[str, dict], arch: Mapping[str, dict], method: str, source: str | Path,
+                       kind: str, hint: str) -> tuple[nn.Module, nn.Module]:
+    """The diffusers UNet and VAE of a split LDM single file (``split_ldm_checkpoint``), built strictly from
+    the ``arch`` configs, else the shipped ``method`` ones. ``kind`` names the expected checkpoint in the
+    error when its UNet or VAE keys are missing."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    for part in ("unet", "vae"):
+        if not parts[part]:
+            raise DiffusionWeightsError(
+                f"{source} has no '{LDM_PREFIXES[part]}*' keys: not {kind} single-file checkpoint. {hint}")
+    ucfg = arch.get("unet") or shipped_config(method, "unet")
+    vcfg = arch.get("vae") or shipped_config(method, "vae")
+    unet = build_strict(UNet2DConditionModel, ucfg, ldm_unet_to_diffusers(parts["unet"], ucfg),
+                        "UNet (model.diffusion_model.*)", source, hint)
+    vae = build_strict(AutoencoderKL, vcfg, ldm_vae_to_diffusers(parts["vae"], vcfg),
+                       "VAE (first_stage_model.*)", source, hint)
+    return unet, vae
+
+
 # ------------------------------------------------------------------------------------------ layouts
 def _model_index_class(folder: Path) -> str:
     index = folder / "model_index.json"
@@ -628,17 +649,7 @@ def load_diffusion_model(
         hint = f"Expected {SOURCES['sd_x4_single_file']}."
         arch = _single_file_configs(root, configs)
         parts = split_ldm_checkpoint(read_weights(root, "x4 upscaler checkpoint", hint))
-        for part in ("unet", "vae"):
-            if not parts[part]:
-                raise DiffusionWeightsError(
-                    f"{root} has no '{LDM_PREFIXES[part]}*' keys: not the x4 upscaler single-file "
-                    f"checkpoint. {hint}")
-        ucfg = arch.get("unet") or shipped_config("sd_x4", "unet")
-        vcfg = arch.get("vae") or shipped_config("sd_x4", "vae")
-        unet = build_strict(UNet2DConditionModel, ucfg, ldm_unet_to_diffusers(parts["unet"], ucfg),
-                            "UNet (model.diffusion_model.*)", root, hint)
-        vae = build_strict(AutoencoderKL, vcfg, ldm_vae_to_diffusers(parts["vae"], vcfg),
-                           "VAE (first_stage_model.*)", root, hint)
+        unet, vae = build_ldm_unet_vae(parts, arch, "sd_x4", root, "the x4 upscaler", hint)
         if text_encoder:
             if not parts["text_encoder"]:
                 raise DiffusionWeightsError(f"{root} has no 'cond_stage_model.model.*' keys (text encoder). {hint}")

@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from ..models.bundle import VSRModel
 from ..models.satec import SATeCoAdapter, SATeCoConfig, VideoRefiner, decoder_plan
 from .common import key_mismatches, mismatch_message
-from .diffusion import (DiffusionWeightsError, LDM_PREFIXES, _component_weights, _read_json, _single_file_configs,
-                        build_strict, ldm_unet_to_diffusers, ldm_vae_to_diffusers, read_weights,
-                        remap_vae_legacy_attention, resolve_dtype, shipped_config, split_ldm_checkpoint)
+from .diffusion import (DiffusionWeightsError, _load_component, _load_text_side, _scheduler_config,
+                        _single_file_configs, _single_file_text_side, build_ldm_unet_vae, read_weights,
+                        remap_vae_legacy_attention, resolve_dtype, split_ldm_checkpoint)
 
 __all__ = ["SD_BASE_HINT", "SATeCoParts", "load_sd_base", "detect_prediction", "save_satec", "load_satec",
            "new_parts", "PARTS", "TRAIN_HINT"]
@@ -68,8 +68,6 @@ def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.
     """The frozen SD 2.x UNet, VAE (fp32) and text encoder as a ``VSRModel`` with ``method="satec"``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from .diffusion import _load_text_side, _single_file_text_side
-
     if prediction not in ("auto", "epsilon", "v_prediction"):
         raise ValueError(f"prediction must be 'auto', 'epsilon' or 'v_prediction', got {prediction!r}")
     root = Path(path)
@@ -77,19 +75,10 @@ def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.
     encoder = tokenizer = None
     source = {"path": str(root)}
     if root.is_dir():
-        if not (root / "unet").is_dir() or not (root / "vae").is_dir():
-            raise DiffusionWeightsError(f"{root} has no unet/ and vae/ folders. {SD_BASE_HINT}")
-        comps = {}
-        for sub, cls, remap in (("unet", UNet2DConditionModel, None), ("vae", AutoencoderKL, remap_vae_legacy_attention)):
-            cfg_file = root / sub / "config.json"
-            cfg = _read_json(cfg_file) if cfg_file.is_file() else shipped_config("sd2", sub)
-            sd, weights = _component_weights(root / sub, f"{sub} of {root.name}", SD_BASE_HINT)
-            comps[sub] = build_strict(cls, cfg, remap(sd) if remap else sd, f"{sub} of {root.name}", weights,
-                                      SD_BASE_HINT)
-            source[sub] = str(weights)
-        unet, vae = comps["unet"], comps["vae"]
-        sched_file = root / "scheduler" / "scheduler_config.json"
-        scheduler = _read_json(sched_file) if sched_file.is_file() else shipped_config("sd2", "scheduler")
+        unet, source["unet"] = _load_component(root, "unet", UNet2DConditionModel, "sd2", "sd2_diffusers")
+        vae, source["vae"] = _load_component(root, "vae", AutoencoderKL, "sd2", "sd2_diffusers",
+                                             remap=remap_vae_legacy_attention)
+        scheduler, source["scheduler"] = _scheduler_config(root, "sd2", "scheduler")
         if text_encoder:
             encoder, tokenizer, text_src = _load_text_side(root, "sd2_diffusers", compute)
             source.update(text_src)
@@ -97,19 +86,8 @@ def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.
     elif root.is_file():
         arch = _single_file_configs(root, configs)
         parts = split_ldm_checkpoint(read_weights(root, "SD 2.x checkpoint", SD_BASE_HINT))
-        for part in ("unet", "vae"):
-            if not parts[part]:
-                raise DiffusionWeightsError(f"{root} has no '{LDM_PREFIXES[part]}*' keys: not a Stable Diffusion "
-                                            f"single-file checkpoint. {SD_BASE_HINT}")
-        ucfg = arch.get("unet") or shipped_config("sd2", "unet")
-        vcfg = arch.get("vae") or shipped_config("sd2", "vae")
-        if int(ucfg.get("cross_attention_dim", 0)) != 1024 and not arch:
-            raise DiffusionWeightsError(f"{root}: not an SD 2.x checkpoint. {SD_BASE_HINT}")
+        unet, vae = build_ldm_unet_vae(parts, arch, "sd2", root, "a Stable Diffusion", SD_BASE_HINT)
         own_prediction = detect_prediction(parts["unet"])
-        unet = build_strict(UNet2DConditionModel, ucfg, ldm_unet_to_diffusers(parts["unet"], ucfg),
-                            "UNet (model.diffusion_model.*)", root, SD_BASE_HINT)
-        vae = build_strict(AutoencoderKL, vcfg, ldm_vae_to_diffusers(parts["vae"], vcfg),
-                           "VAE (first_stage_model.*)", root, SD_BASE_HINT)
         if text_encoder:
             if not parts["text_encoder"]:
                 raise DiffusionWeightsError(f"{root} has no 'cond_stage_model.model.*' keys (the OpenCLIP text "
@@ -117,7 +95,7 @@ def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.
             encoder, tokenizer = _single_file_text_side(parts["text_encoder"], root, arch.get("text_encoder"),
                                                         compute, arch.get("tokenizer"))
         del parts
-        scheduler = shipped_config("sd2", "scheduler")
+        scheduler, source["scheduler"] = _scheduler_config(None, "sd2", "scheduler")
     else:
         raise DiffusionWeightsError(f"SD 2.x base not found: {root}. {SD_BASE_HINT}")
     scheduler = {k: v for k, v in scheduler.items() if not k.startswith("_")}

@@ -285,14 +285,7 @@ def write_tiny_sd_x4_single_file(path: str | Path, seed: int = 0, embed_configs:
 
     Its UNet, VAE and text encoder equal those ``write_tiny_sd_x4(seed=seed)`` writes."""
     path = Path(path)
-    mods = tiny_modules("sd_x4", seed)
-    ucfg, vcfg = dict(mods["unet"].config), dict(mods["vae"].config)
-    sd: dict[str, Tensor] = {}
-    for k, v in diffusers_unet_to_ldm(_state(mods["unet"]), ucfg).items():
-        sd[LDM_PREFIXES["unet"] + k] = v
-    for k, v in diffusers_vae_to_ldm(_state(mods["vae"]), vcfg).items():
-        sd[LDM_PREFIXES["vae"] + k] = v
-    sd.update({k: v.contiguous() for k, v in tiny_open_clip(seed).items()})
+    sd = _ldm_single_file(tiny_modules("sd_x4", seed), seed)
     # Buffers of the LDM diffusion wrapper and its noise-augmentation module: no network reads them.
     betas = torch.linspace(1e-4 ** 0.5, 0.02 ** 0.5, 1000, dtype=torch.float64) ** 2
     sd["betas"] = betas.float()
@@ -305,6 +298,17 @@ def write_tiny_sd_x4_single_file(path: str | Path, seed: int = 0, embed_configs:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": sd}, str(path))
     return path
+
+
+def _ldm_single_file(mods: Mapping[str, nn.Module], seed: int) -> dict[str, Tensor]:
+    """A tiny UNet + VAE (+ the tiny OpenCLIP text tower of ``seed``) in LDM single-file naming."""
+    sd: dict[str, Tensor] = {}
+    for k, v in diffusers_unet_to_ldm(_state(mods["unet"]), dict(mods["unet"].config)).items():
+        sd[LDM_PREFIXES["unet"] + k] = v.contiguous()
+    for k, v in diffusers_vae_to_ldm(_state(mods["vae"]), dict(mods["vae"].config)).items():
+        sd[LDM_PREFIXES["vae"] + k] = v.contiguous()
+    sd.update({k: v.contiguous() for k, v in tiny_open_clip(seed).items()})
+    return sd
 
 
 def tiny_single_file_configs() -> dict[str, dict]:
@@ -358,19 +362,11 @@ def write_tiny_sd2_single_file(path: str | Path, seed: int = 0, v_prediction: bo
     in the safetensors metadata. ``v_prediction`` sets the spread of the bias ``load_sd_base`` reads to
     tell a 768-v model from the 512 base. Returns the path."""
     path = Path(path)
-    mods = _tiny_sd2_modules(seed)
-    ucfg, vcfg = dict(mods["unet"].config), dict(mods["vae"].config)
-    sd: dict[str, Tensor] = {}
-    unet_ldm = diffusers_unet_to_ldm(_state(mods["unet"]), ucfg)
-    key = "output_blocks.{}.1.transformer_blocks.0.norm1.bias"
-    last = max(int(k.split(".")[1]) for k in unet_ldm if k.startswith("output_blocks."))
-    bias = unet_ldm[key.format(last)]
-    unet_ldm[key.format(last)] = bias / bias.std() * (0.2 if v_prediction else 0.01)
-    for k, v in unet_ldm.items():
-        sd[LDM_PREFIXES["unet"] + k] = v.contiguous()
-    for k, v in diffusers_vae_to_ldm(_state(mods["vae"]), vcfg).items():
-        sd[LDM_PREFIXES["vae"] + k] = v.contiguous()
-    sd.update({k: v.contiguous() for k, v in tiny_open_clip(seed).items()})
+    sd = _ldm_single_file(_tiny_sd2_modules(seed), seed)
+    outs = [k for k in sd if k.startswith(LDM_PREFIXES["unet"] + "output_blocks.")]
+    last = max(int(k[len(LDM_PREFIXES["unet"]):].split(".")[1]) for k in outs)
+    key = f"{LDM_PREFIXES['unet']}output_blocks.{last}.1.transformer_blocks.0.norm1.bias"
+    sd[key] = sd[key] / sd[key].std() * (0.2 if v_prediction else 0.01)
     _save(sd, path, metadata={"vsr_configs": json.dumps(tiny_sd2_configs())})
     return path
 

@@ -261,9 +261,12 @@ class _Stage:
         if cfg.part in ("vae", "refiner"):
             self._handles += self.parts.vae.attach(self.base.vae)
         from ..sampling.prompt import prompt_embeddings
+        from ..sampling.schedulers import make_schedule
+        from ..upscale import make_upscaler
 
         self.context = prompt_embeddings(self.base, "").to(device)
-        self.upscale_weights = cfg.upscaler or None
+        self.alphas_cumprod = make_schedule(self.base.scheduler_config, "ddim", 10).alphas_cumprod.to(device)  # ᾱ_t
+        self.upscaler = make_upscaler("learned", cfg.scale, device, cfg.upscaler or None)
 
     # -- batches
     def batch(self, data: ClipFolder, rng: random.Random):
@@ -277,12 +280,11 @@ class _Stage:
         hr, lr = torch.stack(hrs), torch.stack(lrs)
         if self.cfg.stage == 1:
             return hr, lr, None
-        from ..upscale import make_upscaler, upscale_frames
+        from ..upscale import upscale_frames
 
-        fn = make_upscaler("learned", self.cfg.scale, self.device, self.upscale_weights)
         with torch.no_grad():
-            x_u = torch.stack([upscale_frames(c.permute(0, 2, 3, 1), self.cfg.scale, fn, chunk=16).permute(0, 3, 1, 2)
-                               for c in lr])
+            x_u = torch.stack([upscale_frames(c.permute(0, 2, 3, 1), self.cfg.scale, self.upscaler, chunk=16)
+                               .permute(0, 3, 1, 2) for c in lr])
         return hr, lr, x_u.clamp(0, 1)
 
     # -- losses
@@ -315,10 +317,9 @@ class _Stage:
         return charbonnier(out, hr_n)
 
     def _diffusion_loss(self, z0, z_u, T, gen):
-        from ..sampling.schedulers import make_schedule
         from ..sampling.satec import unet_output
 
-        ac = make_schedule(self.base.scheduler_config, "ddim", 10).alphas_cumprod.to(z0)  # the training ᾱ_t
+        ac = self.alphas_cumprod.to(z0)
         N = z0.shape[0]
         t = torch.randint(0, ac.shape[0], (N // T,), generator=gen).repeat_interleave(T).to(z0.device)
         eps = torch.randn(z0.shape, generator=gen).to(z0)
@@ -329,8 +330,8 @@ class _Stage:
         return F.mse_loss(pred.float(), target.float())
 
     def _sample_xd(self, xu_n, T, gen):
-        from ..sampling.satec import _decode_clip, encode_frames
         from ..sampling.loop import sample
+        from ..sampling.satec import _decode_clip, encode_frames, unet_output
         from ..sampling.schedulers import add_noise, make_schedule
 
         base, parts = self.base, self.parts
@@ -339,8 +340,6 @@ class _Stage:
         z_u = encode_frames(base.vae, xu_n, base.scaling_factor)
         x = add_noise(z_u, torch.randn(z_u.shape, generator=gen).to(z_u), sched.alphas_cumprod,
                       int(sched.timesteps[len(sched) - run]))
-        from ..sampling.satec import unet_output
-
         x = sample(lambda x_t, t, i: unet_output(base, parts, x_t, t, z_u, T, self.context), x, sched,
                    start=len(sched) - run)
         return _decode_clip(base, parts, base.vae, x, xu_n)
