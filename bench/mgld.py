@@ -1,20 +1,38 @@
-"""MGLD sampling: seconds per frame, peak memory, and the segment seam, for the published 5-frame
-segments (``official``) and the overlapping segments with cross-faded ε̂ and clip-wide guidance
-(``overlap``).
+"""MGLD sampling: (default) seconds per frame and peak memory of (a) the per-frame x4 upscaler, (b) MGLD
+as published, (c) MGLD with our speed options, on the released architecture with random weights; with
+``--seams``, the segment seam of the published 5-frame segments against our overlapping segments.
 
-The clip is synthetic with a known motion (a smooth texture translating 2 LR px per frame, so the flows
-are exact and the warping error measures temporal consistency, not flow error). Seam = mean warping
-error |x_i − W(x_{i+1}, F_i)| over non-occluded pixels, on pairs that cross a 5-frame border vs pairs
-inside a segment (``seam_error``), on the latents and on the decoded frames.
+Speed table (see bench/common.py): each row is a fresh process. ``real`` = ``vsr_core/configs/mgld``
+(the SD 2.1 UNet with SPADE and temporal layers, 935 M, plus the structure encoder); ``tiny`` = the
+test sizes. (b): ``sample_mgld_latents`` as the official script (5-frame segments, 64/32 latent
+canvas tiles, motion guidance g = -10 on an exact 1-latent-pixel shift, respaced DDPM, fp32) from
+random LR latents (the VAE encode/decode are left out, as for every row). (c): the same call under
+``vsr_core.speed``. MGLD has no classifier-free guidance (the empty prompt only), so there is no CFG
+batch to merge.
 
-Models: ``--unet``/``--vae`` load the released checkpoints (``load_mgld_model``); without them a tiny
-random MGLD (``write_tiny_mgld``) is used, so speed/memory rows describe the code path, not the real
-network, and seams reflect the sampler. ``toy`` rows replace the network by an analytic denoiser whose
-x̂0 carries noise-dependent detail (what makes independent segments disagree), on a detailed latent
+Measured here (2-core AVX2 CPU, no native bf16, torch 2.13, 5 frames at 16x16 LR, 2 steps):
+
+    row arch device configuration                           params M  s/frame  vs (a)  vs (b)  peak MiB  PSNR dB
+    (a) real cpu    sd_x4 per-frame (CFG 9, fp32)                473.4   12.578   1.00x       -      2366        -
+    (b) real cpu    MGLD published (segments, guidance, fp32)    987.8    6.083   0.48x   1.00x      4404        -
+    (c) real cpu    MGLD + fp32+channels-last, 4 tiles/call      987.8    5.188   0.41x   0.85x      4398    130.2  PASS
+    (c) forced bf16-autocast: 1.59x slower than (b), 56.9 dB (PASS), +1.7 GiB peak
+
+  The machine was shared (load ~5 on 2 cores): rows vary by 30 % between runs. Details: bench/README.md.
+
+Seams (``--seams``): the clip is synthetic with a known motion (a smooth texture translating 2 LR px per
+frame, so the flows are exact and the warping error measures temporal consistency, not flow error).
+Seam = mean warping error |x_i − W(x_{i+1}, F_i)| over non-occluded pixels, on pairs that cross a 5-frame
+border vs pairs inside a segment (``seam_error``), on the latents and on the decoded frames.
+``--unet``/``--vae`` load the released checkpoints (``load_mgld_model``); without them a tiny random
+MGLD (``write_tiny_mgld``) is used. ``toy`` rows replace the network by an analytic denoiser whose x̂0
+carries noise-dependent detail (what makes independent segments disagree), on a detailed latent
 texture moving one latent pixel per frame.
 
-    python bench/mgld.py                                   # tiny + toy, 15 frames of 96x128 LR, 10 steps
-    python bench/mgld.py --frames 20 --lr 64x64 --steps 50 --device cuda --unet U.ckpt --vae V.ckpt
+    python bench/mgld.py                                   # speed: real, 5 frames at 16x16 LR, 2 steps
+    python bench/mgld.py --speed bf16-autocast              # force bf16 autocast on the CPU
+    python bench/mgld.py --seams                           # tiny + toy, 15 frames of 96x128 LR, 10 steps
+    python bench/mgld.py --seams --frames 20 --lr 64x64 --steps 50 --device cuda --unet U.ckpt --vae V.ckpt
 """
 from __future__ import annotations
 
@@ -22,10 +40,8 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import Row, add_common_args, describe, speed_table, x4_row  # also puts the repo on sys.path
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -91,7 +107,68 @@ def measure(label, fn, device):
     return out, time.perf_counter() - t0, peak / 2 ** 20
 
 
+MGLD_CHILD = r"""
+from vsr_core.flow import VideoFlow
+from vsr_core.loaders.mgld import shipped_mgld_configs, tiny_mgld_configs
+from vsr_core.models.bundle import VSRModel
+from vsr_core.models.mgld_unet import MGLDUNet, StructEncoder
+from vsr_core.sampling.mgld import (MGLD_SEGMENT, MGLD_TILE, MGLD_TILE_OVERLAP, model_denoiser, prepare_mgld_input,
+                                    sample_mgld_latents)
+torch.manual_seed(0)
+cfg = tiny_mgld_configs() if arch == "tiny" else shipped_mgld_configs()
+unet = MGLDUNet.from_config(cfg["unet"]).eval()
+struct = StructEncoder.from_config(cfg["struct_encoder"]).eval()
+random_init_(unet, struct)
+params = {"unet": sum(p.numel() for p in unet.parameters()), "struct_encoder": sum(p.numel() for p in struct.parameters())}
+model = apply_speed(VSRModel("mgld", unet, torch.nn.Identity(), struct_encoder=struct, device=device,
+                             offload_device=device), opts)
+lh, lw = prepare_mgld_input(torch.zeros(1, 3, h, w), 4, min_side=0).latent_size
+g = torch.Generator().manual_seed(1)
+z_lr = torch.randn(T, 4, lh, lw, generator=g)
+ctx = torch.randn(1, 77, cfg["unet"]["context_dim"], generator=g)
+fwd = torch.zeros(T - 1, 2, lh, lw)
+fwd[:, 0] = 1.0
+flow = VideoFlow(fwd, -fwd, frame_size=(lh, lw), engine="exact")
+
+def run(n_frames, n_steps):  # the official script: 5-frame segments, 64/32 canvas tiles one by one, g = -10
+    with model.on_device("unet", "struct_encoder"):
+        return sample_mgld_latents(model_denoiser(model, ctx, MGLD_SEGMENT), z_lr[:n_frames], flow.frames(0, n_frames),
+                                   steps=n_steps, seed=42, segment_mode="official", tile=MGLD_TILE,
+                                   tile_overlap=MGLD_TILE_OVERLAP, tile_batch={tile_batch}, device=device)
+
+child_report(run, device, opts, params, T, steps, {warmup}, {save!r}, REPEAT)
+"""
+
+
+def speed_main(argv) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, frames=5, lr="16x16", steps=2)
+    ap.add_argument("--tile-batch", type=int, default=4,
+                    help="(c): canvas tiles per UNet call (the same tiles; 1 = official; no effect while the "
+                         "latent fits one 64-px tile, i.e. LR up to 128 px)")
+    ap.add_argument("--seams", action="store_true")
+    args = ap.parse_args(argv)
+    lr = tuple(int(v) for v in args.lr.split("x"))
+
+    def rows(arch, c_opts):
+        tb = f", {args.tile_batch} tiles/call" if args.tile_batch > 1 else ""
+        return [x4_row(lr),
+                Row("b", "MGLD published (segments, guidance, fp32)", MGLD_CHILD.replace("{tile_batch}", "1"),
+                    {"precision": "fp32"}, lr),
+                Row("c", f"MGLD + {describe(c_opts)}{tb}", MGLD_CHILD.replace("{tile_batch}", str(args.tile_batch)),
+                    c_opts, lr)]
+
+    speed_table(f"MGLD, LR {args.lr} -> x4", rows, args)
+
+
 def main() -> None:
+    if "--seams" not in sys.argv[1:]:
+        speed_main(sys.argv[1:])
+    else:
+        seams_main([a for a in sys.argv[1:] if a != "--seams"])
+
+
+def seams_main(argv) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=15)
     ap.add_argument("--lr", default="96x128", help="LR HxW (frames are upsampled x4, latents are LR/2)")
@@ -104,7 +181,7 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=2, help="segment overlap of the overlap mode")
     ap.add_argument("--rows", default="toy,model")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     h, w = (int(v) for v in args.lr.lower().split("x"))

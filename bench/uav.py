@@ -1,131 +1,84 @@
-"""Upscale-A-Video sampling speed and memory against the per-frame x4 baseline (random weights).
+"""Upscale-A-Video sampling: seconds per frame and peak memory of (a) the per-frame x4 upscaler, (b) UAV as
+published, (c) UAV with our speed options, on the released architecture with random weights.
 
-Each row is a fresh process: build the architecture (``tiny`` = the parity vectors' UNet sizes,
-``real`` = the released sizes from ``vsr_core/configs/upscale_a_video/unet.json``: the x4 UNet plus the
-temporal layers, ~691 M parameters), warm up, then time one sampling run of T frames (latents only; the
-VAE decode is the same chunked decode for every row and is left out). Rows per architecture and device:
+Each row is a fresh process: build the architecture (``real`` = ``vsr_core/configs/upscale_a_video/unet.json``,
+the x4 UNet plus the temporal layers, 691 M parameters; ``tiny`` = the test sizes), warm up, then time
+one sampling run of T frames (latents only: the VAE decode is the same chunked decode for every
+configuration and is left out). (b): the video UNet over 8/2 windows with the running merge, CFG 6 with
+uncond and cond in one batch (as the official pipeline), noise level 120, DDIM, fp32. (c): the same
+call under ``vsr_core.speed`` (see bench/common.py). "work MiB" is the peak beyond what the process held
+before the timed run (RAM on the CPU, allocated VRAM on CUDA). Compare speeds only within one run of
+this script (shared machines vary by several times between runs).
 
-* ``per_frame``: the plain x4 UNet (same spatial config) frame by frame (``sample_per_frame``), CFG;
-* ``uav``: the video UNet over 8/2 windows with the running merge, CFG (``sample_uav``);
-* ``uav_prop``: the same with latent propagation at every second step.
+Measured here (2-core AVX2 CPU, no native bf16, torch 2.13, 3 frames at 16x16 LR, 2 steps):
 
-"work MiB" is the peak beyond what the process held before the timed run (RAM on the CPU, allocated
-VRAM on CUDA). Compare speeds only within one run of this script (shared machines vary by several
-times between runs).
+    row arch device configuration                           params M  s/frame  vs (a)  vs (b)  peak MiB  PSNR dB
+    (a) real cpu    sd_x4 per-frame (CFG 9, fp32)                473.4   16.438   1.00x       -      2364        -
+    (b) real cpu    UAV published (CFG 6 batched, fp32)          691.0   11.433   0.70x   1.00x      3350        -
+    (c) real cpu    UAV + fp32+channels-last (auto here)         691.0   10.404   0.63x   0.91x      3236    120.4  PASS
+    (c) forced bf16-autocast, 2 frames: 2.86x slower than (b), 48.6 dB (PASS), +1.0 GiB peak
 
-    python bench/uav.py                                   # tiny + real, 10 frames at 16x16 LR, 2 steps
-    python bench/uav.py --archs real --frames 20 --lr 64x64 --steps 4 --devices cuda --half
+  The machine was shared (load ~5 on 2 cores): rows vary by 30 % between runs. Details: bench/README.md.
+
+    python bench/uav.py                                    # real, 3 frames at 16x16 LR, 2 steps (~4 min here)
+    python bench/uav.py --speed bf16-autocast --frames 2   # force bf16 autocast on the CPU (slow without AMX)
+    python bench/uav.py --frames 20 --lr 64x64 --steps 4 --devices cuda --compile
 """
 from __future__ import annotations
 
 import argparse
 
-from common import REPO, method_table, resolve_devices, run_child
+from common import Row, add_common_args, describe, speed_table, x4_row
 
-CHILD = r"""
-import json, os, sys, time
-sys.path.insert(0, {repo!r})
-import torch
-torch.set_num_threads({threads})
-from diffusers import UNet2DConditionModel
-from diffusers.utils import logging as dlog
-dlog.set_verbosity_error()
+UAV_CHILD = r"""
 from vsr_core.flow import VideoFlow
-from vsr_core.memory import peak_rss
 from vsr_core.models.bundle import VSRModel
 from vsr_core.models.uav_unet import UNetVideoModel
 from vsr_core.sampling.uav import sample_uav
-from vsr_core.sampling.x4 import LRConditioning, sample_per_frame
-
-arch, mode, device = {arch!r}, {mode!r}, torch.device({device!r})
-T, h, w, steps, dtype = {frames}, {h}, {w}, {steps}, getattr(torch, {dtype!r})
-cfg_dir = {repo!r} + "/vsr_core/configs/upscale_a_video/"
-if arch == "tiny":
-    ucfg = json.load(open({parity!r})) if os.path.exists({parity!r}) else None
-else:
-    ucfg = json.load(open(cfg_dir + "unet.json"))
-sched = json.load(open(cfg_dir + "scheduler.json"))
-lowres = json.load(open(cfg_dir + "low_res_scheduler.json"))
+from vsr_core.sampling.x4 import LRConditioning
+PROPAGATION = {propagation}
 torch.manual_seed(0)
-if mode == "per_frame":
-    keys = ("sample_size", "in_channels", "out_channels", "layers_per_block", "block_out_channels",
-            "cross_attention_dim", "attention_head_dim", "only_cross_attention", "use_linear_projection",
-            "num_class_embeds", "norm_num_groups", "norm_eps", "flip_sin_to_cos", "freq_shift")
-    unet = UNet2DConditionModel(**{{k: ucfg[k] for k in keys if k in ucfg}},
-                                down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
-                                up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",))
+if arch == "tiny":
+    from vsr_core.loaders.uav import TINY_UAV_UNET as ucfg
 else:
-    unet = UNetVideoModel.from_config(ucfg)
-    for n, p in unet.named_parameters():  # zero-init temporal outputs cost the same; non-zero keeps it honest
-        if p.abs().max() == 0:
-            torch.nn.init.normal_(p, std=1e-3)
-params = sum(p.numel() for p in unet.parameters())
-text = ucfg["cross_attention_dim"]
-model = VSRModel("upscale_a_video", unet.eval(), torch.nn.Identity(), scheduler_config=sched,
-                 low_res_scheduler_config=lowres, config={{"scaling_factor": 0.08333}},
-                 dtype=dtype, device=device, offload_device=device)
+    ucfg = config("upscale_a_video/unet.json")
+unet = UNetVideoModel.from_config(dict(ucfg)).eval()
+random_init_(unet)
+model = apply_speed(VSRModel("upscale_a_video", unet, torch.nn.Identity(),
+                             scheduler_config=config("upscale_a_video/scheduler.json"),
+                             low_res_scheduler_config=config("upscale_a_video/low_res_scheduler.json"),
+                             config={"scaling_factor": 0.08333}, device=device, offload_device=device), opts)
 g = torch.Generator().manual_seed(1)
 lr = torch.rand(T, 3, h, w, generator=g) * 2 - 1
+text = unet.config.cross_attention_dim
 emb, neg = torch.randn(1, 77, text, generator=g), torch.randn(1, 77, text, generator=g)
 flow = VideoFlow(torch.randn(T - 1, 2, h, w, generator=g), torch.randn(T - 1, 2, h, w, generator=g))
 
-def run(n_frames, n_steps):
-    cond = LRConditioning(lr[:n_frames], 120)
-    if mode == "per_frame":
-        return sample_per_frame(model, cond, emb, neg, 6.0, n_steps, "ddim", seed=0)
-    prop = list(range(0, n_steps, 2)) if mode == "uav_prop" else []
-    return sample_uav(model, cond, flow.frames(0, n_frames), emb, neg, 6.0, n_steps, seed=0,
-                      propagation_steps=prop, tile={tile})
+def run(n_frames, n_steps):  # the official CLI: noise level 120, CFG 6, 8/2 windows, running merge
+    prop = list(range(0, n_steps, 2)) if PROPAGATION else []
+    return sample_uav(model, LRConditioning(lr[:n_frames], 120), flow.frames(0, n_frames), emb, neg, 6.0, n_steps,
+                      seed=0, propagation_steps=prop)
 
-if {warmup}:
-    run(min(2, T), 1)
-if device.type == "cuda":
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-else:
-    with open("/proc/self/statm") as f:
-        base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-t0 = time.perf_counter()
-out = run(T, steps)
-if device.type == "cuda":
-    torch.cuda.synchronize()
-dt = time.perf_counter() - t0
-peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
-assert torch.isfinite(out).all()
-print(json.dumps(dict(seconds=dt, work=max(peak - base, 0), peak=peak, params=params)))
+child_report(run, device, opts, sum(p.numel() for p in unet.parameters()), T, steps, {warmup}, {save!r}, REPEAT)
 """
-
-MODES = ("per_frame", "uav", "uav_prop")
-
-
-def run(arch, mode, device, args):
-    h, w = (int(v) for v in args.lr.split("x"))
-    code = CHILD.format(repo=str(REPO), threads=args.threads, arch=arch, mode=mode, device=device,
-                        frames=args.frames, h=h, w=w, steps=args.steps, tile=args.tile,
-                        parity=str(REPO.parent / "shared/parity/uav/tiny_unet_config.json"),
-                        dtype="float16" if device == "cuda" and args.half else "float32",
-                        warmup=not args.no_warmup)
-    return run_child(code)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archs", default="tiny,real")
-    ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--frames", type=int, default=10)
-    ap.add_argument("--lr", default="16x16", help="LR (= latent) HxW; output is 4x")
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--devices", default="auto", help="cpu,cuda or auto (cpu, plus cuda when present)")
-    ap.add_argument("--tile", type=int, default=0, help="per-step latent tile (0 = off)")
-    ap.add_argument("--half", action="store_true", help="UNet in fp16 on CUDA")
-    ap.add_argument("--no-warmup", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
+    add_common_args(ap, frames=3, lr="16x16", steps=2)
+    ap.add_argument("--propagation", action="store_true", help="(b) and (c) propagate x̂0 at every second step")
     args = ap.parse_args()
-    devices = resolve_devices(args.devices)
-    print(f"{args.frames} frames, LR {args.lr} (x4 out), {args.steps} DDIM steps, CFG 6, random weights, "
-          f"{args.threads} CPU threads, tile {args.tile}")
-    method_table(args.archs.split(","), devices, args.modes.split(","),
-                 lambda arch, mode, device: run(arch, mode, device, args), args.frames, args.steps)
+    lr = tuple(int(v) for v in args.lr.split("x"))
+    body = UAV_CHILD.replace("{propagation}", str(args.propagation))
+    prop = ", propagation" if args.propagation else ""
+
+    def rows(arch, c_opts):
+        return [x4_row(lr),
+                Row("b", f"UAV published (CFG 6 batched{prop}, fp32)", body, {"precision": "fp32"}, lr),
+                Row("c", f"UAV + {describe(c_opts)}", body, c_opts, lr)]
+
+    speed_table(f"Upscale-A-Video, LR {args.lr} -> x4", rows, args)
+
 
 if __name__ == "__main__":
     main()

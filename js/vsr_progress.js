@@ -32,6 +32,20 @@ app.registerExtension({
       progressElement(this);
       return r;
     };
+    // samplers return their VRAM / time estimate and outcome as ui text: keep it on the node after the run
+    if (!/Sampler$/.test(String(nodeData.name))) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      const text = message?.text;
+      if (text == null) return;
+      const el = progressElement(this);
+      const lines = (Array.isArray(text) ? text.join("\n") : String(text)).split("\n").filter(Boolean);
+      el.textContent = lines[lines.length - 1] ?? "";
+      el.title = lines.join("\n");  // the estimate, any out-of-memory retry, the outcome
+      el.style.display = "";
+      this.setDirtyCanvas?.(true, false);
+    };
   },
   setup() {
     api.addEventListener("vsr.progress", ({ detail }) => {

@@ -11,6 +11,7 @@ import { api } from "../../scripts/api.js";
 
 const LOADER = "VSR_LoadVideoFrames";
 const COMPARE_NODES = ["VSR_SaveVideo", "VSR_VideoMetrics"];
+const VIDEO_OUTPUT_NODES = ["VSR_SaveVideo", "VSR_StreamUpscaleVideo"];
 const WATCHED = ["video", "path", "skip_first_frames", "select_every_nth", "frame_load_cap"];
 const VIDEO_TYPES = "video/*,.mkv,.mov,.webm,.avi,.m4v,.gif,.mpg,.mpeg,.ts,.wmv,.flv";
 
@@ -235,7 +236,7 @@ app.registerExtension({
         compareWidget(this);
       });
     }
-    if (nodeData.name === "VSR_SaveVideo") {
+    if (VIDEO_OUTPUT_NODES.includes(nodeData.name)) {
       // the Vue node renderer shows an output as a video only when the node says so (mp4/mkv), and as
       // pictures otherwise (a PNG sequence shows its first frame)
       chain(nodeType.prototype, "onNodeCreated", function () {
@@ -243,6 +244,11 @@ app.registerExtension({
       });
       chain(nodeType.prototype, "onExecuted", function (message) {
         this.previewMediaType = message?.animated?.[0] === false ? "image" : "video";
+      });
+    }
+    if (nodeData.name === "VSR_StreamUpscaleVideo") {
+      chain(nodeType.prototype, "onNodeCreated", function () {
+        addUploadButton(this);
       });
     }
     if (nodeData.name !== LOADER) return;

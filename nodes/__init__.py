@@ -12,7 +12,7 @@ from . import comfy_adapter
 
 log = logging.getLogger("diffusion_vsr")
 
-NODE_MODULES = ("video", "upscale", "flow", "diffusion", "satec")
+NODE_MODULES = ("video", "upscale", "flow", "diffusion", "satec", "stream")
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 IMPORT_ERRORS: dict[str, str] = {}
@@ -28,6 +28,7 @@ for _name in NODE_MODULES:
     NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
 
 comfy_adapter.register_model_folders()
+comfy_adapter.install_device_manager()  # sub-models load through ComfyUI's model management
 if "video" not in IMPORT_ERRORS:  # the loader's "preview the selected frames" request (js/vsr_video.js)
     from .video import preview_selection
 

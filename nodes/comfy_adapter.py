@@ -60,7 +60,14 @@ def _directory(kind: str) -> str:
         fp = c[0]
         return {"input": fp.get_input_directory, "output": fp.get_output_directory,
                 "temp": fp.get_temp_directory, "models": lambda: fp.models_dir}[kind]()
-    return os.environ.get(f"VSR_{kind.upper()}_DIR", os.path.join(os.getcwd(), kind))
+    env = os.environ.get(f"VSR_{kind.upper()}_DIR")
+    if env:
+        return env
+    if kind == "temp":  # scratch files (previews, compare stills) never land in the working directory
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), "diffusion_vsr_temp")
+    return os.path.join(os.getcwd(), kind)
 
 
 def input_dir() -> str:
@@ -390,3 +397,146 @@ def _duration(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+
+
+def show_text(node_id, text: str) -> None:
+    """Show ``text`` on the node's progress line (the pack's frontend, ``vsr.progress``) now, e.g. a
+    sampler's pre-run estimate; the first progress step replaces it. No-op without ComfyUI's server."""
+    if node_id is None or _comfy() is None:
+        return
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+        server.send_sync("vsr.progress", {"node": str(node_id), "done": 0, "total": 0, "text": str(text)},
+                         server.client_id)
+    except Exception:  # a display nicety: never fail a run over it
+        pass
+
+
+def user_file(name: str) -> str | None:
+    """A path under ComfyUI's user folder (settings that outlive the temp folder), or None without
+    ComfyUI (``VSR_USER_DIR`` then names the folder, else nothing is written)."""
+    c = _comfy()
+    if c is not None and hasattr(c[0], "get_user_directory"):
+        return os.path.join(c[0].get_user_directory(), name)
+    env = os.environ.get("VSR_USER_DIR")
+    return os.path.join(env, name) if env else None
+
+
+# --------------------------------------------------------------------------- model management
+
+_PATCHER = "_vsr_model_patcher"  # where a sub-model keeps its ModelPatcher (it lives as long as the module)
+_held_classes: dict = {}
+
+
+def _held(module, device):
+    """``module`` inside a container ComfyUI's ModelPatcher can drive: it sets ``.device`` and load
+    bookkeeping on the model it wraps, which diffusers' models (read-only ``device``) do not allow.
+    The class is named after the module's ("VSR_UNet2DConditionModel"), which ComfyUI's log shows."""
+    import torch
+
+    name = type(module).__name__
+    cls = _held_classes.get(name)
+    if cls is None:
+        def __init__(self, module, device):
+            torch.nn.Module.__init__(self)
+            self.module = module
+            self.device = device
+
+        cls = _held_classes[name] = type(f"VSR_{name}", (torch.nn.Module,), {"__init__": __init__})
+    return cls(module, device)
+
+
+def _on(t, device) -> bool:
+    return t.device.type == device.type and (device.index is None or t.device.index == device.index)
+
+
+class ComfyDeviceManager:
+    """The ``vsr_core`` device manager inside ComfyUI: each sub-model gets one cached
+    ``comfy.model_patcher.ModelPatcher`` (load device = the bundle's device, offload device = its
+    offload device) and is loaded with ``comfy.model_management.load_models_gpu``, so ComfyUI unloads
+    other graph models to make room for ours (weights + the sampler's activation estimate) and counts
+    ours when the next node needs room. Without ComfyUI both methods return False: plain moves.
+
+    Loads are full (``force_full_load``): ComfyUI's partial (lowvram) loading relies on ``comfy.ops``
+    layers that fetch their weights per call, and ours are plain torch layers. At the end of a block,
+    sub-models are unloaded to their offload device when it differs from the compute device (the
+    loader's offload setting); otherwise they stay loaded and ComfyUI evicts them when it needs room.
+    """
+
+    def patcher(self, module, device, offload_device):
+        from comfy.model_patcher import ModelPatcher
+
+        p = module.__dict__.get(_PATCHER)
+        if p is not None and p.load_device == device and p.offload_device == offload_device:
+            return p
+        if p is not None:
+            self._unload(p)
+        first = next(module.parameters(), None)
+        p = ModelPatcher(_held(module, first.device if first is not None else offload_device),
+                         load_device=device, offload_device=offload_device)
+        module.__dict__[_PATCHER] = p  # not a submodule or parameter: nothing else sees it
+        return p
+
+    def load(self, modules, device, offload_device, memory_required=0, keep=()) -> bool:
+        c = _comfy()
+        if c is None:
+            return False
+        import torch
+
+        mm = c[1]
+        patchers = [self.patcher(m, device, offload_device) for m in modules]
+        kept = [p for p in (m.__dict__.get(_PATCHER) for m in keep) if p is not None and p.load_device == device]
+        mm.load_models_gpu(patchers + kept, memory_required=int(memory_required), force_full_load=True)
+        for m in modules:  # --novram still loads partially; our layers cannot run that way
+            if not all(_on(t, device) for t in list(m.parameters()) + list(m.buffers())):
+                log.warning("[Diffusion VSR] ComfyUI loaded %s partially; moving all of it to %s",
+                            type(m).__name__, device)
+                torch.nn.Module.to(m, device)
+        return True
+
+    def release(self, modules, offload_device) -> bool:
+        c = _comfy()
+        if c is None:
+            return False
+        if offload_device is None:
+            return True  # stays loaded; ComfyUI evicts it when another model needs the room
+        import torch
+
+        for m in modules:
+            p = m.__dict__.get(_PATCHER)
+            if p is not None:
+                self._unload(p)
+            if not all(_on(t, offload_device) for t in m.parameters()):
+                torch.nn.Module.to(m, offload_device)
+        c[1].soft_empty_cache()
+        return True
+
+    @staticmethod
+    def _unload(patcher) -> None:
+        """Unload one model the way ComfyUI evicts one (``LoadedModel.model_unload``), and forget it."""
+        c = _comfy()
+        loaded = c[1].current_loaded_models if c is not None else []
+        for i, lm in enumerate(loaded):
+            if lm.model is patcher:
+                lm.model_unload()
+                loaded.pop(i)
+                return
+        patcher.detach()  # not (or no longer) tracked: make sure its weights are on the offload device
+
+
+def install_device_manager() -> None:
+    """Route ``VSRModel.on_device`` / ``borrow`` through ComfyUI's model management (at pack import;
+    ComfyUI itself is imported only when a model is first loaded, and without it moves stay plain)."""
+    from vsr_core.models.bundle import get_device_manager, set_device_manager
+
+    if get_device_manager() is None:
+        set_device_manager(ComfyDeviceManager())
+
+
+def manages_models() -> bool:
+    """True when ComfyUI's model management loads our sub-models (then it also makes room for them)."""
+    from vsr_core.models.bundle import get_device_manager
+
+    return has_comfy() and isinstance(get_device_manager(), ComfyDeviceManager)

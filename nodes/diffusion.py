@@ -7,6 +7,7 @@ import torch
 
 from vsr_core.io.frames import check_image, nchw_to_image
 
+from . import budget
 from . import comfy_adapter as comfy
 from .common import CATEGORY
 
@@ -61,7 +62,10 @@ def _lr_of(latent: dict):
 
 def _make_room(model, *names: str) -> None:
     """Before a run: let ComfyUI unload other models until the named sub-models fit on the device
-    (their weights plus the same again for activations)."""
+    (their weights plus the same again for activations). Inside ComfyUI the device manager does this
+    when it loads them, with the sampler's activation estimate."""
+    if comfy.manages_models():
+        return
     nbytes = sum(p.numel() * p.element_size() for n in names if getattr(model, n, None) is not None
                  for p in getattr(model, n).parameters())
     comfy.make_room(2 * nbytes, model.device)
@@ -204,9 +208,11 @@ class VSR_TemporalVAEDecode:
                                              "tooltip": "per-frame mode: frames decoded at once (more is faster, "
                                                         "uses more memory). The temporal decoders use their "
                                                         "own chunks (UAV 3, MGLD 5)."}),
-                "tile_size": ("INT", {"default": 128, "min": 0, "max": 1024, "step": 8,
+                "tile_size": ("INT", {"default": 128, "min": budget.AUTO, "max": 1024, "step": 8,
                                       "tooltip": "per-frame mode: decode in tiles of this many latent pixels when "
-                                                 "the frame is larger; 0 = whole frames. 128 keeps 4K within 8 GB."}),
+                                                 "the frame is larger; 0 = whole frames; " + budget.AUTO_TIP +
+                                                 ". 128 keeps 4K within 8 GB. Out of memory: retried with "
+                                                 "smaller tiles."}),
                 "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 128, "step": 2,
                                          "tooltip": "Latent pixels shared by neighbouring tiles, crossfaded."}),
             },
@@ -254,9 +260,16 @@ class VSR_TemporalVAEDecode:
             from vsr_core.sampling.decode import decode_latents
 
             _make_room(model, "vae")
-            with model.on_device("vae") as (vae,):
-                frames = decode_latents(vae, z, model.scaling_factor, chunk=frames_per_chunk, tile=tile_size,
-                                        overlap=tile_overlap, progress=bar)
+            run = budget.SamplerRun(model, "vae_decode", z.shape[-2:], num_frames=z.shape[0], steps=1,
+                                    frames=min(frames_per_chunk, z.shape[0]), tile=tile_size, unique_id=unique_id,
+                                    what="the per-frame VAE decode",
+                                    hint="Lower tile_size or frames_per_chunk, or decode fewer frames at a time.")
+
+            def decode(tile):
+                with model.on_device("vae") as (vae,):
+                    return decode_latents(vae, z, model.scaling_factor, chunk=frames_per_chunk, tile=tile,
+                                          overlap=tile_overlap, progress=bar)
+            frames = run(decode)
             if color_fix != "none":
                 frames = _color_fix(frames, cond, color_fix)
         comfy.soft_empty_cache()
@@ -312,16 +325,18 @@ class VSR_StableVSRSampler:
                 "keep_on_cpu": ("BOOLEAN", {"default": True,
                                             "tooltip": "Keep per-frame latents on the CPU between uses: identical "
                                                        "result, GPU memory independent of the clip length."}),
-                "guidance_tile": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 8,
+                "guidance_tile": ("INT", {"default": 0, "min": budget.AUTO, "max": 1024, "step": 8,
                                           "tooltip": "Decode the previous-frame guidance in tiles of this many "
-                                                     "latent pixels (0 = whole frame); use 96-128 for large "
-                                                     "frames on small GPUs."}),
+                                                     "latent pixels (0 = whole frame; " + budget.AUTO_TIP + "); "
+                                                     "use 96-128 for large frames on small GPUs. Out of memory: "
+                                                     "retried with smaller tiles."}),
             },
+            "optional": {"speed": budget.SPEED_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, lr, flow, steps=50, scheduler="ddpm", seed=42, temporal_conditioning=True,
-               bidirectional=True, keep_on_cpu=True, guidance_tile=0, unique_id=None):
+               bidirectional=True, keep_on_cpu=True, guidance_tile=0, speed="as loaded", unique_id=None):
         from vsr_core.sampling.prompt import prompt_embeddings
         from vsr_core.sampling.stablevsr import sample_stablevsr
 
@@ -333,13 +348,24 @@ class VSR_StableVSRSampler:
             raise ValueError(f"the flow covers {flow.num_frames} frames but the LR latent has {cond.num_frames}: "
                              "compute both from the same clip")
         embeds = prompt_embeddings(model, "")
+        model, speed_ctx = budget.speeded(model, speed)
         _make_room(model, "unet", "controlnet", "vae")
-        callback = _sampler_progress(steps * cond.num_frames, unique_id, cond.num_frames)
-        z = sample_stablevsr(model, cond, flow, embeds, steps=steps, scheduler=scheduler, seed=seed,
-                             tcm=temporal_conditioning, bidirectional=bidirectional, keep_on_cpu=keep_on_cpu,
-                             guidance_tile=guidance_tile, callback=callback)
+        run = budget.SamplerRun(model, "stablevsr", cond.latent_size, num_frames=cond.num_frames, steps=steps,
+                                tile=guidance_tile, unique_id=unique_id, what="the StableVSR sampler",
+                                modules=("unet", "controlnet", "vae") if temporal_conditioning else ("unet",),
+                                hint="Lower guidance_tile or the resolution (process a smaller clip), load the "
+                                     "model with dtype fp16 and offload 'offload to CPU', keep keep_on_cpu on, "
+                                     "or close other models (ComfyUI --lowvram).")
+
+        def sample(tile):
+            callback = _sampler_progress(steps * cond.num_frames, unique_id, cond.num_frames)
+            return sample_stablevsr(model, cond, flow, embeds, steps=steps, scheduler=scheduler, seed=seed,
+                                    tcm=temporal_conditioning, bidirectional=bidirectional, keep_on_cpu=keep_on_cpu,
+                                    guidance_tile=tile, callback=callback)
+        with speed_ctx:
+            z = run(sample)
         comfy.soft_empty_cache()
-        return (_latent_out(z, cond),)
+        return run.output((_latent_out(z, cond),))
 
 
 class VSR_X4PerFrameSampler:
@@ -370,23 +396,31 @@ class VSR_X4PerFrameSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Same seed, same result."}),
             },
+            "optional": {"speed": budget.SPEED_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, lr, prompt="", negative_prompt="", guidance_scale=9.0, steps=50, scheduler="ddim",
-               seed=0, unique_id=None):
+               seed=0, speed="as loaded", unique_id=None):
         from vsr_core.sampling.prompt import prompt_embeddings
         from vsr_core.sampling.x4 import sample_per_frame
 
         cond = _lr_of(lr)
         embeds = prompt_embeddings(model, prompt)
         negative = prompt_embeddings(model, negative_prompt) if guidance_scale > 1 else None
+        model, speed_ctx = budget.speeded(model, speed)
         _make_room(model, "unet")
+        run = budget.SamplerRun(model, "sd_x4", cond.latent_size, num_frames=cond.num_frames, steps=steps,
+                                cfg=guidance_scale > 1, unique_id=unique_id, what="the x4 per-frame sampler",
+                                hint="Lower the resolution (this sampler does not tile), set guidance_scale <= 1 "
+                                     "(halves the batch), load the model with dtype fp16 and offload 'offload to "
+                                     "CPU', or close other models (ComfyUI --lowvram).")
         callback = _sampler_progress(steps * cond.num_frames, unique_id, cond.num_frames)
-        z = sample_per_frame(model, cond, embeds, negative, guidance_scale=guidance_scale, steps=steps,
-                             scheduler=scheduler, seed=seed, callback=callback)
+        with speed_ctx:
+            z = run(lambda _tile: sample_per_frame(model, cond, embeds, negative, guidance_scale=guidance_scale,
+                                                   steps=steps, scheduler=scheduler, seed=seed, callback=callback))
         comfy.soft_empty_cache()
-        return (_latent_out(z, cond),)
+        return run.output((_latent_out(z, cond),))
 
 
 def _step_list(text: str, steps: int) -> list[int]:
@@ -444,9 +478,10 @@ class VSR_UpscaleAVideoSampler:
                 "window_merge": (list(UAV_MERGES), {"default": "running",
                                                     "tooltip": "running: the official running average; uniform: "
                                                                "equal weights; hann: crossfade across overlaps."}),
-                "tile_size": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 8,
-                                      "tooltip": "Latent tile size for large frames (0 = whole frame; the official "
-                                                 "code tiles 256-pixel LR frames)."}),
+                "tile_size": ("INT", {"default": 0, "min": budget.AUTO, "max": 1024, "step": 8,
+                                      "tooltip": "Latent tile size for large frames (0 = whole frame; "
+                                                 + budget.AUTO_TIP + "; the official code tiles 256-pixel LR "
+                                                 "frames). Out of memory: retried with smaller tiles."}),
                 "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 256, "step": 2,
                                          "tooltip": "Latent pixels shared by neighbouring tiles."}),
                 "tile_merge": (list(UAV_TILE_MERGES), {"default": "hann",
@@ -454,6 +489,7 @@ class VSR_UpscaleAVideoSampler:
                                                                   "hard: the official hard paste."}),
             },
             "optional": {
+                "speed": budget.SPEED_INPUT,
                 "flow": ("VSR_FLOW", {"tooltip": "Flow of the LR frames (needed by propagation)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -461,7 +497,7 @@ class VSR_UpscaleAVideoSampler:
 
     def sample(self, model, lr, prompt="", negative_prompt="", guidance_scale=6.0, steps=30, seed=10,
                propagation_steps="", window=8, overlap=2, window_merge="running", tile_size=0, tile_overlap=16,
-               tile_merge="hann", flow=None, unique_id=None):
+               tile_merge="hann", flow=None, speed="as loaded", unique_id=None):
         from vsr_core.sampling.prompt import prompt_embeddings
         from vsr_core.sampling.uav import sample_uav
 
@@ -477,13 +513,24 @@ class VSR_UpscaleAVideoSampler:
                              "compute both from the same clip")
         embeds = prompt_embeddings(model, prompt)
         negative = prompt_embeddings(model, negative_prompt) if guidance_scale > 1 else None
+        model, speed_ctx = budget.speeded(model, speed)
         _make_room(model, "unet")
-        callback = _sampler_progress(steps, unique_id)
-        z = sample_uav(model, cond, flow, embeds, negative, guidance_scale=guidance_scale, steps=steps, seed=seed,
-                       propagation_steps=prop, window=window, overlap=overlap, merge=window_merge, tile=tile_size,
-                       tile_overlap=tile_overlap, tile_merge=tile_merge, callback=callback)
+        run = budget.SamplerRun(model, "upscale_a_video", cond.latent_size, num_frames=cond.num_frames, steps=steps,
+                                frames=min(window, cond.num_frames), cfg=guidance_scale > 1, tile=tile_size,
+                                unique_id=unique_id, what="the Upscale-A-Video sampler",
+                                hint="Lower tile_size, window (frames denoised at once) or the resolution, set "
+                                     "guidance_scale <= 1 (halves the batch), load the model with dtype fp16 and "
+                                     "offload 'offload to CPU', or close other models (ComfyUI --lowvram).")
+
+        def sample(tile):
+            callback = _sampler_progress(steps, unique_id)
+            return sample_uav(model, cond, flow, embeds, negative, guidance_scale=guidance_scale, steps=steps,
+                              seed=seed, propagation_steps=prop, window=window, overlap=overlap, merge=window_merge,
+                              tile=tile, tile_overlap=tile_overlap, tile_merge=tile_merge, callback=callback)
+        with speed_ctx:
+            z = run(sample)
         comfy.soft_empty_cache()
-        return (_latent_out(z, cond),)
+        return run.output((_latent_out(z, cond),))
 
 
 class VSR_MGLDSampler:
@@ -525,8 +572,10 @@ class VSR_MGLDSampler:
                 "segment_overlap": ("INT", {"default": 2, "min": 0, "max": 63,
                                             "tooltip": "overlap mode: frames shared by neighbouring windows "
                                                        "(less than segment)."}),
-                "tile_size": ("INT", {"default": 64, "min": 8, "max": 1024, "step": 8,
-                                      "tooltip": "Latent canvas tile (MGLD: 64), Gaussian-blended every step."}),
+                "tile_size": ("INT", {"default": 64, "min": budget.AUTO, "max": 1024, "step": 8,
+                                      "tooltip": "Latent canvas tile (MGLD: 64), Gaussian-blended every step; 0 = "
+                                                 "whole frame; " + budget.AUTO_TIP + ". Out of memory: retried "
+                                                 "with smaller tiles."}),
                 "tile_overlap": ("INT", {"default": 32, "min": 0, "max": 512, "step": 8,
                                          "tooltip": "Latent tile overlap (MGLD: 32)."}),
                 "min_side": ("INT", {"default": 512, "min": 0, "max": 4096, "step": 8,
@@ -534,12 +583,13 @@ class VSR_MGLDSampler:
                                                 "(official: 512; the result is resized back to x4). 0 = exactly x4 "
                                                 "(faster on small inputs)."}),
             },
+            "optional": {"speed": budget.SPEED_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, frames, flow, steps=50, seed=42, guidance_scale=-10.0, segment=5,
                segment_mode="overlap", segment_overlap=2, tile_size=64, tile_overlap=32, min_side=512,
-               unique_id=None):
+               speed="as loaded", unique_id=None):
         from vsr_core.sampling.mgld import sample_mgld
 
         if model.method != "mgld":
@@ -550,15 +600,38 @@ class VSR_MGLDSampler:
         if flow is not None and flow.num_frames != lr.shape[0]:
             raise ValueError(f"the flow covers {flow.num_frames} frames but there are {lr.shape[0]}: "
                              "compute both from the same clip")
+        model, speed_ctx = budget.speeded(model, speed)
         _make_room(model, "unet", "struct_encoder", "vae")
-        callback = _sampler_progress(steps, unique_id)
-        z = sample_mgld(model, lr, flow, steps=steps, seed=seed, guidance_scale=guidance_scale, segment=segment,
-                        segment_mode=segment_mode, tile=tile_size, tile_overlap=tile_overlap, callback=callback,
-                        min_side=min_side, segment_overlap=segment_overlap)
+        run = budget.SamplerRun(model, "mgld", _mgld_latent_size(lr.shape[-2:], min_side), num_frames=lr.shape[0],
+                                steps=steps, frames=segment, tile=tile_size, floor=16, unique_id=unique_id,
+                                what="the MGLD sampler",
+                                hint="Lower tile_size, segment (frames denoised at once), min_side or the "
+                                     "resolution, load the model with dtype fp16 and offload 'offload to CPU', or "
+                                     "close other models (ComfyUI --lowvram).")
+
+        def sample(tile):
+            callback = _sampler_progress(steps, unique_id)
+            # a tile smaller than the one asked for (auto, or a retry) keeps less than half of itself shared
+            overlap = tile_overlap if tile == tile_size else min(tile_overlap, tile // 2)
+            return sample_mgld(model, lr, flow, steps=steps, seed=seed, guidance_scale=guidance_scale,
+                               segment=segment, segment_mode=segment_mode, tile=tile, tile_overlap=overlap,
+                               callback=callback, min_side=min_side, segment_overlap=segment_overlap)
+        with speed_ctx:
+            z = run(sample)
         comfy.soft_empty_cache()
         out = _latent_out(z, lr)
         out[MGLD_MIN_SIDE_KEY] = min_side  # the decoder must undo the same upsampling
-        return (out,)
+        return run.output((out,))
+
+
+def _mgld_latent_size(lr_size, min_side: int) -> tuple[int, int]:
+    """The MGLD latent grid for LR frames of ``lr_size``: upscaled by max(min_side / short side, 4) and
+    padded as ``prepare_mgld_input`` does (to 32 px, 64 below 512), over 8."""
+    h, w = (int(v) for v in lr_size)
+    s = max(min_side / min(h, w), 4.0)
+    size = (int(h * s), int(w * s))
+    multiple = 32 if min(size) >= 512 else 64
+    return tuple(-(-v // multiple) * multiple // 8 for v in size)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -15,12 +15,18 @@ RAFT_PRESETS = ["stablevsr", "uav", "mgld"]
 RESOLUTIONS = {"full": 1, "1/2": 2, "1/4": 4}
 
 
-def _raft_engine(name: str, preset: str, iters: int, device):
-    from vsr_core.flow.raft import RAFTEngine
+def _raft_model(name: str):
+    """The RAFT network in models/vsr/flow/``name`` (cached; it rests on the CPU)."""
     from vsr_core.loaders.raft import load_raft
 
     path = comfy.model_path("flow", name)
-    model = comfy.cached_model(("raft", str(path)), path, lambda: load_raft(path))
+    return comfy.cached_model(("raft", str(path)), path, lambda: load_raft(path))
+
+
+def _raft_engine(name: str, preset: str, iters: int, device):
+    from vsr_core.flow.raft import RAFTEngine
+
+    model = _raft_model(name)
     overrides = {"iters": iters} if iters > 0 else {}
     if preset == "stablevsr":  # its official call needs sizes divisible by 8; users' clips are not
         overrides["pad_mode"] = "replicate"
@@ -82,18 +88,18 @@ class VSR_FlowGuidance:
         factor = RESOLUTIONS[compute_resolution]
         size = None if factor == 1 else (max(8, H // factor), max(8, W // factor))
         device = comfy.get_device()
-        if engine == DIS_ENGINE:
-            flow_engine = DISEngine(dis_preset)
-        else:
-            flow_engine = _raft_engine(engine, raft_convention, raft_iterations, device)
         bar = comfy.Progress(T - 1, unique_id)
-        try:
-            flow = estimate_video_flow(frames, flow_engine, chunk=pairs_per_chunk, compute_size=size,
-                                       occlusion_form=occlusion, progress=bar, device=device)
-        finally:
-            if engine != DIS_ENGINE:
-                flow_engine.model.to("cpu")
-                comfy.soft_empty_cache()
+        options = dict(chunk=pairs_per_chunk, compute_size=size, occlusion_form=occlusion, progress=bar, device=device)
+        if engine == DIS_ENGINE:
+            flow = estimate_video_flow(frames, DISEngine(dis_preset), **options)
+        else:
+            from vsr_core.models.bundle import borrow
+
+            # the network visits the device only while it runs (through ComfyUI's model management there)
+            with borrow([(_raft_model(engine), None)], device, "cpu"):
+                flow = estimate_video_flow(frames, _raft_engine(engine, raft_convention, raft_iterations, device),
+                                           **options)
+            comfy.soft_empty_cache()
         image = flow_to_rgb(flow.forward).permute(0, 3, 1, 2)
         mask = flow.occ_forward
         if (H, W) != flow.grid_size:

@@ -10,6 +10,7 @@ import torch
 
 from vsr_core.io.frames import check_image, image_to_nchw, nchw_to_image
 
+from . import budget
 from . import comfy_adapter as comfy
 from .common import CATEGORY
 from .diffusion import DTYPE_CHOICES, LATENT_KEY, OFFLOAD_CHOICES, SCHEDULERS, _make_room
@@ -118,10 +119,12 @@ class VSR_SATeCoSampler:
                 "clip_length": ("INT", {"default": 6, "min": 1, "max": 64,
                                         "tooltip": "Frames denoised together (the tubelet length; 6 as trained)."}),
             },
+            "optional": {"speed": budget.SPEED_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def sample(self, model, upscaled, strength=0.5, steps=20, scheduler="ddim", seed=0, clip_length=6, unique_id=None):
+    def sample(self, model, upscaled, strength=0.5, steps=20, scheduler="ddim", seed=0, clip_length=6,
+               speed="as loaded", unique_id=None):
         from vsr_core.sampling.satec import sample_satec_latents
 
         model = _satec_model(model)
@@ -133,12 +136,20 @@ class VSR_SATeCoSampler:
                              "with the loader's multiple_of_8 option (x4 of a multiple of 2 is enough)")
         model.satec.require("unet", "The SATeCo sampler")
         x_u = image_to_nchw(frames) * 2 - 1
+        model, speed_ctx = budget.speeded(model, speed)
         _make_room(model, "unet", "vae")
+        run = budget.SamplerRun(model, "satec", (H // f, W // f), num_frames=frames.shape[0],
+                                steps=max(int(round(steps * strength)), 1), frames=min(clip_length, frames.shape[0]),
+                                unique_id=unique_id, what="the SATeCo sampler",
+                                hint="Lower clip_length (frames denoised at once) or the resolution (this sampler "
+                                     "does not tile), load the base with dtype fp16 and offload 'offload to CPU', "
+                                     "or close other models (ComfyUI --lowvram).")
         bar = comfy.Progress(1, unique_id, unit="step")  # the sampler reports steps x clips and their total
-        z = sample_satec_latents(model, model.satec, x_u, strength=strength, steps=steps, seed=seed,
-                                 clip_length=clip_length, scheduler=scheduler, progress=bar)
+        with speed_ctx:
+            z = run(lambda _tile: sample_satec_latents(model, model.satec, x_u, strength=strength, steps=steps, seed=seed,
+                                                       clip_length=clip_length, scheduler=scheduler, progress=bar))
         comfy.soft_empty_cache()
-        return ({"samples": z, LATENT_KEY: x_u, "vsr_clip_length": int(clip_length)},)
+        return run.output(({"samples": z, LATENT_KEY: x_u, "vsr_clip_length": int(clip_length)},))
 
 
 class VSR_VideoRefiner:

@@ -37,12 +37,18 @@ def clip():
     return torch.cat(frames).permute(0, 2, 3, 1).contiguous()  # [3, 20, 28, 3]
 
 
+def _result(out):
+    """A sampler node's outputs: V1 ``{"ui": {"text": [estimate]}, "result": (...)}``."""
+    assert isinstance(out, dict) and out["ui"]["text"][0].startswith("est. peak "), out
+    return out["result"]
+
+
 def _stablevsr(clip, steps=2, **kw):
     (model,) = N["VSR_LoadDiffusionModel"]().load("stablevsr/StableVSR", "fp32")
     (lr,) = N["VSR_LatentEncoderLR"]().encode(clip, model, 0)
     (up,) = N["VSR_VideoUpscaler"]().upscale(clip, 4, "bicubic")
     flow = N["VSR_FlowGuidance"]().estimate(up)[0]
-    (latent,) = N["VSR_StableVSRSampler"]().sample(model, lr, flow, steps=steps, **kw)
+    (latent,) = _result(N["VSR_StableVSRSampler"]().sample(model, lr, flow, steps=steps, **kw))
     return model, lr, flow, latent
 
 
@@ -81,7 +87,7 @@ def test_per_frame_baseline(use_models, clip, choice):
     (lr,) = N["VSR_LatentEncoderLR"]().encode(clip, model, 30)
     assert lr["vsr_lr"].noise_level == 30
     prompt = "a photo of a cat" if choice.endswith("folder") else ""  # the single file has no vocabulary
-    (latent,) = N["VSR_X4PerFrameSampler"]().sample(model, lr, prompt, "", guidance_scale=4.0, steps=2)
+    (latent,) = _result(N["VSR_X4PerFrameSampler"]().sample(model, lr, prompt, "", guidance_scale=4.0, steps=2))
     assert latent["samples"].shape == (3, 4, 20, 28) and torch.isfinite(latent["samples"]).all()
     (frames,) = N["VSR_TemporalVAEDecode"]().decode(model, latent)
     assert frames.shape == (3, 80, 112, 3)
@@ -153,13 +159,13 @@ def test_uav_sampler_node(use_method_models, clip):
     (lr,) = N["VSR_LatentEncoderLR"]().encode(clip, model, 120)
     flow = N["VSR_FlowGuidance"]().estimate(clip, occlusion="uav")[0]
     sampler = N["VSR_UpscaleAVideoSampler"]()
-    (lat,) = sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2, propagation_steps="1",
-                            window=2, overlap=1, flow=flow)
+    (lat,) = _result(sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2, propagation_steps="1",
+                                    window=2, overlap=1, flow=flow))
     assert lat["samples"].shape == (3, 4, 20, 28) and torch.isfinite(lat["samples"]).all()
     (frames,) = N["VSR_TemporalVAEDecode"]().decode(model, lat, color_fix="wavelet")
     assert frames.shape == (3, 80, 112, 3) and 0 <= frames.min() and frames.max() <= 1
-    (again,) = sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2, propagation_steps="1",
-                              window=2, overlap=1, flow=flow)
+    (again,) = _result(sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2,
+                                      propagation_steps="1", window=2, overlap=1, flow=flow))
     assert torch.equal(lat["samples"], again["samples"])
     with pytest.raises(ValueError, match="no flow is connected"):
         sampler.sample(model, lr, steps=2, propagation_steps="1")
@@ -176,7 +182,7 @@ def test_mgld_sampler_node(use_method_models, clip):
     sampler = N["VSR_MGLDSampler"]()
     with pytest.raises(ValueError, match="smaller than segment"):
         sampler.sample(model, clip, flow, steps=1, segment=2, segment_overlap=2)
-    (lat,) = sampler.sample(model, clip, flow, steps=2, segment=2, segment_overlap=1, min_side=0)
+    (lat,) = _result(sampler.sample(model, clip, flow, steps=2, segment=2, segment_overlap=1, min_side=0))
     assert lat["samples"].shape[0] == 3 and torch.isfinite(lat["samples"]).all()
     (frames,) = N["VSR_TemporalVAEDecode"]().decode(model, lat, vae_weight=0.5, color_fix="adain")
     assert frames.shape == (3, 80, 112, 3) and 0 <= frames.min() and frames.max() <= 1

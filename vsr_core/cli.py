@@ -1,6 +1,7 @@
 """Command line: batch work without the ComfyUI graph.
 
     python -m vsr_core upscale IN OUT --scale 4 [--method learned] [--frames N] [--skip N] [--nth N]
+    python -m vsr_core stream IN OUT --method upscale_a_video --model DIR [--chunk N --overlap N --blend flow]
     python -m vsr_core demo [--out DIR]          # the README's main job on the bundled clip
     python -m vsr_core render IMAGE OUT_LR.mp4   # a clip with known ground truth (virtual camera)
     python -m vsr_core probe IN
@@ -66,6 +67,58 @@ def cmd_upscale(args) -> int:
     finally:
         close()
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s" + (f"; comparison: {args.compare}" if args.compare else ""))
+    return 0
+
+
+def cmd_stream(args) -> int:
+    """The streaming path of the VSR_StreamUpscaleVideo node: chunk by chunk, bounded memory."""
+    from .flow import DISEngine
+    from .io import FrameSelection, format_for_path
+    from .stream import DIFFUSION_METHODS, StreamPipeline, stream_video
+
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        print(f"error: input video not found: {src}", file=sys.stderr)
+        return 2
+    if dst.resolve() == src.resolve():
+        print("error: the output path is the input path; choose another output name", file=sys.stderr)
+        return 2
+    device = _resolve_device(args.device)
+    model, settings = None, {}
+    if args.method in DIFFUSION_METHODS:
+        if not args.model:
+            print(f"error: --method {args.method} needs --model (the method's official folder)", file=sys.stderr)
+            return 2
+        from .loaders import load_method_model
+
+        model = load_method_model(args.method, args.model, dtype=args.dtype, device=device)
+        try:
+            settings = json.loads(args.settings) if args.settings else {}
+        except json.JSONDecodeError as e:
+            print(f"error: --settings is not valid JSON ({e})", file=sys.stderr)
+            return 2
+        for key in ("steps", "seed"):
+            if getattr(args, key) is not None:
+                settings[key] = getattr(args, key)
+    engine = DISEngine(args.dis_preset)
+    if args.raft:
+        from .flow.raft import RAFTEngine
+        from .loaders.raft import load_raft
+
+        preset = {"mgld": "mgld", "upscale_a_video": "uav"}.get(args.method, "stablevsr")
+        engine = RAFTEngine.for_method(load_raft(args.raft), preset, device=device)
+    pipe = StreamPipeline(args.method, model, engine, settings, weights=args.weights, tile=args.tile,
+                          speed=args.speed)
+    sel = FrameSelection(skip_first=args.skip, nth=args.nth, cap=args.frames)
+    report, close = _progress_bar(f"stream x{args.scale} ({args.method})")
+    t0 = time.perf_counter()
+    try:
+        out = stream_video(src, dst, pipe, sel, scale=args.scale, chunk=args.chunk, overlap=args.overlap,
+                           blend=args.blend, fmt=args.format or format_for_path(dst), crf=args.crf,
+                           pix_fmt=args.pix_fmt, keep_audio=not args.no_audio, device=device, progress=report)
+    finally:
+        close()
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -141,6 +194,44 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--compare", default=None, help="also write a 'bicubic | result' PNG of the middle frame")
     u.add_argument("--no-audio", action="store_true")
     u.set_defaults(func=cmd_upscale)
+
+    from .speed import SPEED_PRESETS
+    from .stream import BLEND_MODES, STREAM_METHODS
+
+    SPEED_CHOICES = ("as loaded", "auto", *sorted(SPEED_PRESETS))
+
+    st = sub.add_parser("stream", help="upscale a video file chunk by chunk with any method (diffusion too): "
+                        "bounded memory, overlapping chunks crossfaded, temporal state carried across chunks")
+    st.add_argument("input")
+    st.add_argument("output")
+    st.add_argument("--method", default="learned", choices=STREAM_METHODS)
+    st.add_argument("--model", default=None, help="the diffusion method's official folder (StableVSR/x4 diffusers "
+                    "folder or x4 single file; Upscale-A-Video folder; MGLD folder)")
+    st.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    st.add_argument("--speed", default="as loaded", choices=SPEED_CHOICES,
+                    help="diffusion networks: as loaded (--dtype), or auto (fp16 on CUDA; bf16 autocast on CPUs with "
+                    "native bf16, else fp32) / fp16 / bf16 / bf16-autocast / fp16-compile / fp32, + channels-last")
+    st.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's published)")
+    st.add_argument("--seed", type=int, default=None)
+    st.add_argument("--settings", default="", help='more sampler settings as JSON, e.g. \'{"propagation_steps": '
+                    '[24, 26, 28]}\'')
+    st.add_argument("--scale", type=int, default=4, choices=(2, 4), help="upscalers only (diffusion is x4)")
+    st.add_argument("--weights", default=None, help="learned: a weights file of your own")
+    st.add_argument("--tile", type=int, default=0, help="learned: LR tile side (0 = whole frames)")
+    st.add_argument("--chunk", type=int, default=0, help="frames per chunk (0 = auto)")
+    st.add_argument("--overlap", type=int, default=-1, help="frames shared by neighbouring chunks (-1 = auto)")
+    st.add_argument("--blend", default="flow", choices=BLEND_MODES)
+    st.add_argument("--dis-preset", dest="dis_preset", default="medium", choices=("ultrafast", "fast", "medium"))
+    st.add_argument("--raft", default=None, help="a RAFT weights file to use instead of DIS")
+    st.add_argument("--frames", type=int, default=0, help="frame_load_cap (0 = all)")
+    st.add_argument("--skip", type=int, default=0)
+    st.add_argument("--nth", type=int, default=1)
+    st.add_argument("--format", default=None, choices=list(OUTPUT_FORMATS))
+    st.add_argument("--crf", type=int, default=17)
+    st.add_argument("--pix-fmt", dest="pix_fmt", default=None)
+    st.add_argument("--device", default="auto")
+    st.add_argument("--no-audio", action="store_true")
+    st.set_defaults(func=cmd_stream)
 
     d = sub.add_parser("demo", help="upscale the bundled demo clip x4 (mp4 + comparison PNG)")
     d.add_argument("--out", default="out")

@@ -217,19 +217,21 @@ def upscale_file(src: str | os.PathLike, dst: str | os.PathLike, scale: int = 4,
                  crf: int = 17, pix_fmt: str | None = None, device: str | torch.device = "cpu",
                  compare_png: str | os.PathLike | None = None, compare_index: int | None = None,
                  keep_audio: bool = True, progress=None, weights: str | os.PathLike | None = None,
-                 tile: int = 0) -> Path:
+                 tile: int = 0, size: tuple[int, int] | None = None, metadata: dict | None = None) -> Path:
     """Upscale a video file to another, streaming: memory is bounded by one chunk, not by the length.
 
     Audio (aligned with the selected frames) is carried over. ``compare_png``: also write a
     ``bicubic | result`` comparison of one frame (the middle one by default). ``progress``: optional
-    callable ``(done, total)``. Returns the output path; nothing appears there unless the run completes.
+    callable ``(done, total)``. size: ``(H, W)`` to resize the input to first (None = source size);
+    metadata: container tags. Returns the output path; nothing appears there unless the run completes.
     """
     info = probe(src)
     total = selection.count(info.num_frames)
     if total == 0:
         raise ValueError(f"no frames selected from {src} ({info.num_frames} frames, skip={selection.skip_first})")
     fn = make_upscaler(method, scale, device, weights=weights, tile=tile)  # the classical kernels ignore both
-    chunk = chunk or auto_chunk(info.height * scale, info.width * scale)
+    in_h, in_w = size or (info.height, info.width)
+    chunk = chunk or auto_chunk(in_h * scale, in_w * scale)
     fps = info.fps / selection.nth
     audio = None
     if keep_audio and info.has_audio:
@@ -237,9 +239,9 @@ def upscale_file(src: str | os.PathLike, dst: str | os.PathLike, scale: int = 4,
         audio = load_audio(src, start=start, duration=total / fps if fps else None)
     compare_index = total // 2 if compare_index is None else compare_index
     done = 0
-    with VideoWriter(dst, fps, fmt, crf, pix_fmt, audio) as writer:
+    with VideoWriter(dst, fps, fmt, crf, pix_fmt, audio, metadata) as writer:
         r = radius_of(fn)
-        for window, n in stream_windows(iter_frames(src, selection, chunk=chunk, info=info), r):
+        for window, n in stream_windows(iter_frames(src, selection, chunk=chunk, size=size, info=info), r):
             up = fn(window)
             writer.write(up)
             if compare_png is not None and done <= compare_index < done + n:

@@ -514,11 +514,11 @@ def sample_mgld(
         z_lr = encode_lr(model, prep.x_up, torch.Generator("cpu").manual_seed(int(seed)))
     else:
         z_lr = init_latent.float()
-    # official segments are padded to `segment` frames; overlapping windows are at most the clip long
-    clip_frames = segment if segment_mode == "official" else min(segment, z_lr.shape[0])
+    # the UNet always sees `segment` frames: official segments and clips shorter than one segment are
+    # padded to it, overlapping windows are `segment` long
     with model.on_device("unet", "struct_encoder"):
         return call_releasing(
-            sample_mgld_latents, model_denoiser(model, context, clip_frames), z_lr, flow, steps=steps, seed=seed,
+            sample_mgld_latents, model_denoiser(model, context, segment), z_lr, flow, steps=steps, seed=seed,
             guidance_scale=guidance_scale, guidance_pairing=guidance_pairing, segment=segment,
             segment_mode=segment_mode, segment_overlap=segment_overlap, tile=tile, tile_overlap=tile_overlap,
             tile_batch=tile_batch, x_T_noise=x_T_noise, noise=noise, callback=callback, device=model.device)

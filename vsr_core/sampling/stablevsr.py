@@ -21,6 +21,7 @@ CPU reproduces the official run's random numbers exactly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -33,7 +34,21 @@ from .loop import call_releasing, sample
 from .schedulers import Schedule, add_noise, make_schedule
 from .x4 import FrameNoiseFn, LRConditioning, uses_class_labels, x4_model_output
 
-__all__ = ["frame_order", "guidance_flow", "temporal_guidance", "sample_stablevsr"]
+__all__ = ["frame_order", "guidance_flow", "temporal_guidance", "sample_stablevsr", "PrecedingFrame"]
+
+
+@dataclass
+class PrecedingFrame:
+    """The frame just before a clip, carried from the previous chunk of a stream (``vsr_core.stream``).
+
+    x0: its x̂0 latent ``[1, 4, h, w]`` at each loop index (what it predicted at that step of its own
+    chunk); flow: ``[1, 2, H, W]`` backward flow from the clip's first frame into it (any grid; resized
+    to the HR grid). At the natural-order steps the clip's first frame is then guided by it exactly as
+    frame k is guided by frame k−1 inside a clip, instead of running without the TCM.
+    """
+
+    x0: dict
+    flow: Tensor
 
 
 def frame_order(num_frames: int, step_index: int, bidirectional: bool = True) -> list[int]:
@@ -92,6 +107,7 @@ def sample_stablevsr(
     guidance_scale: float = 0.0,
     conditioning_scale: float = 1.0,
     timestep_spacing: str | None = None,
+    preceding: PrecedingFrame | None = None,
 ) -> Tensor:
     """StableVSR sampling of a clip. Returns latents ``[T, 4, h, w]`` float32 on the CPU.
 
@@ -109,6 +125,8 @@ def sample_stablevsr(
     ``[T, 4, h, w]``; hooks: ``loop.sample`` hooks on the whole clip after each step.
     callback(done, total, x0): after each frame of each step (total = steps·T); an exception raised
     there stops the run within one frame's denoising step and propagates (the run's tensors released).
+    preceding: the frame before the clip (a ``PrecedingFrame``), so that a clip streamed in chunks keeps
+    its previous-frame guidance across chunk borders; None = the clip starts the video.
     """
     if isinstance(cond, Tensor):
         cond = LRConditioning(cond)
@@ -117,7 +135,7 @@ def sample_stablevsr(
     if prompt_embeds is None:
         raise ValueError("prompt_embeds is required (StableVSR uses the embedding of the empty prompt)")
     T = cond.num_frames
-    use_tcm = bool(tcm) and T > 1
+    use_tcm = bool(tcm) and (T > 1 or preceding is not None)
     if use_tcm:
         if model.controlnet is None:
             raise ValueError("tcm=True needs the model's ControlNet (the Temporal Conditioning Module)")
@@ -130,13 +148,14 @@ def sample_stablevsr(
     schedule = make_schedule(model.scheduler_config, scheduler, steps, timestep_spacing)
     return call_releasing(_run, model, cond, flow if use_tcm else None, schedule, prompt_embeds, int(seed),
                           use_tcm, bool(bidirectional), bool(keep_on_cpu), int(guidance_tile), noise, callback,
-                          latents, tuple(hooks), negative_embeds, float(guidance_scale), float(conditioning_scale))
+                          latents, tuple(hooks), negative_embeds, float(guidance_scale), float(conditioning_scale),
+                          preceding if use_tcm else None)
 
 
 @torch.no_grad()
 def _run(model: VSRModel, cond: LRConditioning, flow: VideoFlow | None, schedule: Schedule, prompt_embeds,
          seed, tcm, bidirectional, keep_on_cpu, guidance_tile, noise, callback, latents, hooks, negative_embeds,
-         guidance_scale, conditioning_scale) -> Tensor:
+         guidance_scale, conditioning_scale, preceding=None) -> Tensor:
     T, (h, w) = cond.num_frames, cond.latent_size
     c = int(model.config.get("latent_channels", getattr(getattr(model.vae, "config", None), "latent_channels", 4)))
     if latents is not None and tuple(latents.shape) != (T, c, h, w):
@@ -180,6 +199,12 @@ def _run(model: VSRModel, cond: LRConditioning, flow: VideoFlow | None, schedule
                 if tcm and pos > 0:
                     f = guidance_flow(flow, k, prev, hr_size, device)
                     guide = temporal_guidance(vae, x0_prev.to(device), f, model.scaling_factor, guidance_tile)
+                    del f
+                elif tcm and k == 0 and preceding is not None and i in preceding.x0:
+                    f = preceding.flow.to(device, torch.float32)
+                    f = resize_flow(f, hr_size) if tuple(f.shape[-2:]) != hr_size else f
+                    guide = temporal_guidance(vae, preceding.x0[i].to(device), f, model.scaling_factor,
+                                              guidance_tile)
                     del f
                 o = x4_model_output(unet, z, lr[k:k + 1], t, prompt_embeds, negative_embeds, guidance_scale,
                                     labels, controlnet if guide is not None else None, guide,

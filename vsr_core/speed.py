@@ -1,0 +1,286 @@
+"""Speed options for every sampler: precision, autocast, channels-last and ``torch.compile``.
+
+    opts = speed_options("auto", device)          # or SpeedOptions("bf16-autocast"), SPEED_PRESETS["fp16"]
+    model = apply_speed(model, opts)              # weight dtypes, memory format, compile; the VAEs stay fp32
+    with compute_context(model.device, opts):
+        latents = sample_uav(model, cond, flow, ...)
+
+precision:
+
+* ``"fp32"``: the published numerics.
+* ``"fp16"`` / ``"bf16"``: UNet, ControlNet, structure encoder and text encoder weights in half precision.
+  The VAEs stay fp32: the x4 VAE overflows in fp16 (its config says ``force_upcast``).
+* ``"bf16-autocast"``: fp32 weights; convolutions and matmuls in bf16 under ``torch.autocast``, norms,
+  softmax and the sampler's arithmetic in fp32. The VAEs run outside autocast (fp32).
+
+``"auto"`` (``speed_options("auto", device)``): fp16 + channels-last on CUDA; on a CPU bf16-autocast only
+where the CPU computes bf16 natively (AVX512-BF16 or AMX), else fp32 + channels-last. On an AVX2-only
+CPU bf16 is emulated: on this project's 2-core AVX2 machine a 3x3 convolution measured 5-80x slower
+than in fp32, a whole x4 UNet call 5.5x slower, the samplers 1.15-2.9x slower (bench/README.md).
+
+Attention: every attention of the diffusion models goes through ``F.scaled_dot_product_attention``
+(diffusers' ``AttnProcessor2_0`` and our own modules; ``tests/test_speed.py`` checks it), so half
+precision and compile reach it without extra switches.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PRECISIONS",
+    "SpeedOptions",
+    "SPEED_PRESETS",
+    "speed_options",
+    "native_bf16_cpu",
+    "compute_context",
+    "keep_fp32",
+    "maybe_compile",
+    "apply_speed",
+    "channels_last_",
+    "non_sdpa_attention",
+    "TOLERANCE_DB",
+    "agreement",
+]
+
+PRECISIONS = ("fp32", "fp16", "bf16", "bf16-autocast")
+_WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                  "bf16-autocast": torch.float32}
+_AUTOCAST_DTYPES = {"bf16-autocast": torch.bfloat16}
+
+TOLERANCE_DB = 30.0
+"""How close a reduced-precision run's final latents must stay to the fp32 run's: PSNR over the fp32
+latents' range (``agreement``). bf16 keeps 8 mantissa bits (0.4 % per rounding); 30 dB is an RMS error
+of 3 % of the range, room for that rounding accumulated over the network and the steps, while a broken
+path (an fp16 overflow, a wrong cast, a skipped branch) lands far below it. Measured with bf16-autocast
+on the released architectures (random weights, 2 steps): StableVSR 62.9, Upscale-A-Video (CFG 6) 48.6,
+MGLD 56.9, SATeCo 63.4 dB."""
+# sub-models that follow the compute precision; the VAEs ("vae", "video_vae") always stay fp32
+_COMPUTE_MODULES = ("unet", "controlnet", "struct_encoder")
+_VAE_MODULES = ("vae", "video_vae")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How a sampler run trades exactness for speed.
+
+    precision: one of ``PRECISIONS`` (see the module doc). channels_last: UNet/ControlNet weights and
+    activations in NHWC (oneDNN and tensor cores prefer it; numerically the same up to summation order).
+    compile: ``torch.compile`` the UNet and ControlNet (``maybe_compile``); compile_mode / compile_backend
+    are passed to it (None = torch's defaults: "inductor").
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: object = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the UNet/ControlNet weights."""
+        return _WEIGHT_DTYPES[self.precision]
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, None when the precision does not autocast."""
+        return _AUTOCAST_DTYPES.get(self.precision)
+
+    def describe(self) -> str:
+        parts = [self.precision] + (["channels-last"] if self.channels_last else []) + \
+            (["compile"] if self.compile else [])
+        return "+".join(parts)
+
+
+SPEED_PRESETS = {
+    "published": SpeedOptions("fp32"),
+    "fp16": SpeedOptions("fp16", channels_last=True),
+    "bf16": SpeedOptions("bf16", channels_last=True),
+    "bf16-autocast": SpeedOptions("bf16-autocast", channels_last=True),
+    "fp16-compile": SpeedOptions("fp16", channels_last=True, compile=True),
+}
+"""Named option sets; ``speed_options`` also accepts "auto" (chosen per device)."""
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def speed_options(name: str | SpeedOptions, device: torch.device | str = "cpu", compile: bool | None = None) -> SpeedOptions:
+    """``SpeedOptions`` for a preset name, "auto" (fastest measured choice for ``device``) or a precision
+    name; ``compile`` overrides the preset's compile flag."""
+    if isinstance(name, SpeedOptions):
+        opts = name
+    elif name == "auto":
+        if torch.device(device).type == "cuda":
+            opts = SpeedOptions("fp16", channels_last=True)
+        else:
+            opts = SpeedOptions("bf16-autocast" if native_bf16_cpu() else "fp32", channels_last=True)
+    elif name in SPEED_PRESETS:
+        opts = SPEED_PRESETS[name]
+    elif name in PRECISIONS:
+        opts = SpeedOptions(name)
+    else:
+        raise ValueError(f"speed options must be 'auto', one of {sorted(SPEED_PRESETS)} or {PRECISIONS}, got {name!r}")
+    return opts if compile is None else dataclasses.replace(opts, compile=bool(compile))
+
+
+@contextlib.contextmanager
+def compute_context(device: torch.device | str, options: SpeedOptions):
+    """Enter ``torch.autocast(device.type, dtype)`` when ``options`` autocast; otherwise do nothing.
+    Wrap the sampler call in it (modules marked with ``keep_fp32`` step out of it)."""
+    dtype = options.autocast_dtype
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
+        yield
+
+
+def _outside_autocast(module: nn.Module, fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        param = next(module.parameters(), None)
+        device_type = param.device.type if param is not None else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def keep_fp32(module: nn.Module | None) -> nn.Module | None:
+    """Make ``module`` (a VAE) run outside any autocast region: its ``forward``, ``encode`` and ``decode``
+    disable autocast while they run, so it computes in its weights' dtype (fp32). Idempotent; returns it.
+    The wrappers are instance attributes bound to ``module``: mark a deep copy again, do not copy a
+    marked module (the same holds for ``maybe_compile``)."""
+    if module is None or getattr(module, "_vsr_keep_fp32", False):
+        return module
+    for name in ("forward", "encode", "decode", "encode_features"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            setattr(module, name, _outside_autocast(module, fn))
+    module._vsr_keep_fp32 = True
+    return module
+
+
+def maybe_compile(module: nn.Module | None, options: SpeedOptions) -> nn.Module | None:
+    """``module`` compiled in place with ``torch.compile`` when ``options.compile`` (once per module and
+    option set: a second call is a no-op). The module object, its parameters and config stay as they are.
+
+    Compilation happens at the first call; if it fails there (no C compiler, an unsupported op, a backend
+    error) the module warns once and runs eagerly from then on, so a run never fails because of compile.
+    """
+    if module is None or not options.compile:
+        return module
+    key = (options.compile_mode, options.compile_backend)
+    if getattr(module, "_vsr_compile_key", None) == key:
+        return module
+    kwargs = {"mode": options.compile_mode}
+    if options.compile_backend is not None:
+        kwargs["backend"] = options.compile_backend
+    eager = module.forward
+    # The bound forward, not nn.Module.compile: torch 2.13's dynamo skips the nn.Module._call_impl frame
+    # that Module.compile wraps, so nothing was ever compiled that way.
+    try:
+        compiled = torch.compile(eager, **kwargs)
+    except Exception as exc:  # torch.compile unavailable on this platform/Python
+        warnings.warn(f"torch.compile unavailable for {type(module).__name__} ({_first_line(exc)}); running eagerly",
+                      RuntimeWarning, stacklevel=2)
+        module._vsr_compile_key = key
+        return module
+
+    @functools.wraps(eager)
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            # The first call compiles. Run eagerly: if that raises too, the error was the model's own
+            # and propagates; otherwise compile was at fault and the module stays eager.
+            out = eager(*args, **kwargs)
+            warnings.warn(f"torch.compile failed for {type(module).__name__} ({_first_line(exc)}); "
+                          "running eagerly", RuntimeWarning, stacklevel=2)
+            module.forward = eager
+            return out
+
+    module.forward = forward
+    module._vsr_compile_key = key
+    return module
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def channels_last_(module: nn.Module) -> nn.Module:
+    """Store the 2-D convolution weights of ``module`` channels-last (NHWC), in place; their outputs follow.
+    Only ``Conv2d``: ``Module.to(memory_format=...)`` refuses the video UNets' 5-D ``Conv3d`` weights."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.Module.to(m, memory_format=torch.channels_last)  # nn.Module.to: diffusers' .to warns
+    return module
+
+
+def apply_speed(model, options: SpeedOptions):
+    """A copy of the bundle ``model`` (a ``VSRModel``) set up for ``options``: compute dtype
+    ``options.weight_dtype`` (VAEs fp32), channels-last and compiled UNet/ControlNet/structure encoder,
+    VAEs and text encoder marked to run outside autocast (the text encoder runs once per prompt: nothing
+    to gain, and its cached embeddings should not depend on the speed options).
+
+    The networks are shared with ``model`` and changed in place (memory format, compile, the autocast
+    exemption), all of which leave fp32 results as they were (channels-last up to summation order); the
+    dtype is the copy's (weights are cast when a sampler moves them to the device). The prompt cache is
+    shared when the compute dtype is unchanged, else the copy starts its own.
+    """
+    for name in _VAE_MODULES + ("text_encoder",):
+        keep_fp32(getattr(model, name, None))
+    for name in _COMPUTE_MODULES:
+        module = getattr(model, name, None)
+        if module is None:
+            continue
+        if options.channels_last:
+            channels_last_(module)
+        maybe_compile(module, options)
+    same = options.weight_dtype == model.dtype
+    return dataclasses.replace(model, dtype=options.weight_dtype, vae_dtype=torch.float32,
+                               _prompt_cache=model._prompt_cache if same else {})
+
+
+def agreement(output: torch.Tensor, reference: torch.Tensor) -> dict:
+    """How far ``output`` is from ``reference`` (e.g. bf16 vs fp32 latents): ``max_abs`` difference and
+    ``psnr_db`` over the reference's value range (inf when identical); ``finite``: output has no NaN/inf.
+    ``psnr_db >= TOLERANCE_DB`` is the bar for the speed options."""
+    out, ref = output.detach().double().cpu(), reference.detach().double().cpu()
+    if out.shape != ref.shape:
+        raise ValueError(f"shapes differ: {tuple(out.shape)} vs {tuple(ref.shape)}")
+    finite = bool(torch.isfinite(out).all())
+    diff = (out - ref).abs()
+    mse = float(diff.pow(2).mean()) if finite else float("inf")
+    span = float(ref.max() - ref.min()) or 1.0
+    psnr = float("inf") if mse == 0 else (10 * torch.log10(torch.tensor(span ** 2 / mse)).item() if finite
+                                          else float("-inf"))
+    return {"max_abs": float(diff.max()) if finite else float("inf"), "psnr_db": psnr, "finite": finite}
+
+
+def non_sdpa_attention(module: nn.Module) -> list[str]:
+    """Names of the diffusers ``Attention`` layers in ``module`` whose processor does not run
+    ``F.scaled_dot_product_attention`` (diffusers names those processors ``*2_0``). Empty = all SDPA."""
+    from diffusers.models.attention_processor import Attention
+
+    return [f"{name}: {type(m.processor).__name__}" for name, m in module.named_modules()
+            if isinstance(m, Attention) and "2_0" not in type(m.processor).__name__]
