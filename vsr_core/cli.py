@@ -45,16 +45,23 @@ def _resolve_device(name: str):
     return name
 
 
+def _paths_ok(src: Path, dst: Path) -> bool:
+    """The input exists and the output is another file; otherwise say which on stderr."""
+    if not src.exists():
+        print(f"error: input video not found: {src}", file=sys.stderr)
+        return False
+    if dst.resolve() == src.resolve():
+        print("error: the output path is the input path; choose another output name", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_upscale(args) -> int:
     from .io import FrameSelection, format_for_path
     from .upscale import upscale_file
 
     src, dst = Path(args.input), Path(args.output)
-    if not src.exists():
-        print(f"error: input video not found: {src}", file=sys.stderr)
-        return 2
-    if dst.resolve() == src.resolve():
-        print("error: the output path is the input path; choose another output name", file=sys.stderr)
+    if not _paths_ok(src, dst):
         return 2
     sel = FrameSelection(skip_first=args.skip, nth=args.nth, cap=args.frames)
     report, close = _progress_bar(f"upscale x{args.scale} ({args.method})")
@@ -77,11 +84,7 @@ def cmd_stream(args) -> int:
     from .stream import DIFFUSION_METHODS, StreamPipeline, stream_video
 
     src, dst = Path(args.input), Path(args.output)
-    if not src.exists():
-        print(f"error: input video not found: {src}", file=sys.stderr)
-        return 2
-    if dst.resolve() == src.resolve():
-        print("error: the output path is the input path; choose another output name", file=sys.stderr)
+    if not _paths_ok(src, dst):
         return 2
     device = _resolve_device(args.device)
     model, settings = None, {}
