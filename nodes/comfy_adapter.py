@@ -380,14 +380,19 @@ class Progress:
         if self.node_id is None or (now - self._sent < self.MIN_INTERVAL and self.done < self.total):
             return
         self._sent = now
-        try:
-            from server import PromptServer
+        _send_progress(self.node_id, self.done, self.total, self.text())
 
-            server = PromptServer.instance
-            server.send_sync("vsr.progress", {"node": str(self.node_id), "done": self.done, "total": self.total,
-                                              "text": self.text()}, server.client_id)
-        except Exception:  # a display nicety: never fail a run over it
-            pass
+
+def _send_progress(node_id, done: int, total: int, text: str) -> None:
+    """The ``vsr.progress`` message the pack's frontend shows on node ``node_id``."""
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+        server.send_sync("vsr.progress", {"node": str(node_id), "done": done, "total": total, "text": str(text)},
+                         server.client_id)
+    except Exception:  # a display nicety: never fail a run over it
+        pass
 
 
 def _duration(seconds: float) -> str:
@@ -397,21 +402,11 @@ def _duration(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
-
-
 def show_text(node_id, text: str) -> None:
     """Show ``text`` on the node's progress line (the pack's frontend, ``vsr.progress``) now, e.g. a
     sampler's pre-run estimate; the first progress step replaces it. No-op without ComfyUI's server."""
-    if node_id is None or _comfy() is None:
-        return
-    try:
-        from server import PromptServer
-
-        server = PromptServer.instance
-        server.send_sync("vsr.progress", {"node": str(node_id), "done": 0, "total": 0, "text": str(text)},
-                         server.client_id)
-    except Exception:  # a display nicety: never fail a run over it
-        pass
+    if node_id is not None and _comfy() is not None:
+        _send_progress(node_id, 0, 0, text)
 
 
 def user_file(name: str) -> str | None:

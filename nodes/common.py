@@ -11,6 +11,17 @@ from . import comfy_adapter as comfy
 CATEGORY = "Diffusion VSR"
 
 
+def video_ui(path: Path, subfolder: str, animated: bool) -> dict:
+    """The ``ui`` of a node that wrote a video (or, not ``animated``, a PNG-sequence folder, shown by its
+    first frame) into the output folder's ``subfolder``."""
+    if animated:
+        shown = {"filename": path.name, "subfolder": subfolder, "type": "output"}
+    else:
+        shown = {"filename": "frame_000001.png", "subfolder": "/".join(filter(None, [subfolder, path.name])),
+                 "type": "output"}
+    return {"images": [shown], "animated": (animated,)}
+
+
 def compare_ui(a, b, labels: tuple[str, str], node_id=None) -> list[dict]:
     """The ``vsr_compare`` UI entry: evenly spaced frame pairs (a resized to b's size) in the temp folder,
     for the compare slider the pack's frontend draws on the node."""

@@ -5,11 +5,11 @@ import json
 import os
 
 from vsr_core.io import OUTPUT_FORMATS, FrameSelection
-from vsr_core.stream import BLEND_MODES, METHOD_SETTINGS, UPSCALER_METHODS
+from vsr_core.stream import BLEND_MODES, METHOD_SETTINGS, UPSCALER_METHODS, raft_convention
 
 from . import budget
 from . import comfy_adapter as comfy
-from .common import CATEGORY
+from .common import CATEGORY, video_ui
 from .flow import DIS_ENGINE, _raft_engine
 from .video import VIDEO_EXTENSIONS, _source_path
 
@@ -163,8 +163,7 @@ class VSR_StreamUpscaleVideo:
         if flow_engine == DIS_ENGINE:
             engine = DISEngine("medium")
         else:  # RAFT called the way the method's official code calls it
-            engine = _raft_engine(flow_engine, {"mgld": "mgld", "upscale_a_video": "uav"}.get(kind, "stablevsr"), 0,
-                                  device)
+            engine = _raft_engine(flow_engine, raft_convention(kind), 0, device)
         pipe = StreamPipeline(kind, model if kind in METHOD_SETTINGS else None, engine, opts, speed=speed)
         info = probe(src)
         width = (size[1] if size else info.width) * scale
@@ -180,12 +179,7 @@ class VSR_StreamUpscaleVideo:
                             chunk=chunk_frames, overlap=chunk_overlap, blend=blend, fmt=format, crf=crf,
                             device=device, metadata=metadata, size=size, progress=bar)
         comfy.soft_empty_cache()
-        if ext:
-            shown = {"filename": path.name, "subfolder": subfolder, "type": "output"}
-        else:
-            shown = {"filename": "frame_000001.png", "subfolder": "/".join(filter(None, [subfolder, path.name])),
-                     "type": "output"}
-        return {"ui": {"images": [shown], "animated": (bool(ext),)}, "result": (str(path),)}
+        return {"ui": video_ui(path, subfolder, bool(ext)), "result": (str(path),)}
 
 
 NODE_CLASS_MAPPINGS = {"VSR_StreamUpscaleVideo": VSR_StreamUpscaleVideo}

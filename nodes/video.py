@@ -10,7 +10,7 @@ from vsr_core.io.frames import check_image
 from vsr_core.io.preview import selection_preview
 
 from . import comfy_adapter as comfy
-from .common import CATEGORY, compare_ui
+from .common import CATEGORY, compare_ui, video_ui
 
 RESIZE_MODES = ["none", "multiple_of_8", "custom"]
 
@@ -183,12 +183,7 @@ class VSR_SaveVideo:
         bar = comfy.Progress(T, unique_id)
         path = save_video(images, target, fps, fmt=format, crf=crf, pix_fmt=pix_fmt, audio=audio,
                           metadata=metadata, progress=bar)
-        if ext:
-            shown = {"filename": path.name, "subfolder": subfolder, "type": "output"}
-        else:  # a PNG sequence shows its first frame
-            shown = {"filename": "frame_000001.png", "subfolder": "/".join(filter(None, [subfolder, path.name])),
-                     "type": "output"}
-        ui = {"images": [shown], "animated": (bool(ext),)}
+        ui = video_ui(path, subfolder, bool(ext))
         if compare_with is not None:
             ui["vsr_compare"] = compare_ui(check_image(compare_with, "compare_with"), images, ("input", "output"),
                                            unique_id)

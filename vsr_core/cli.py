@@ -81,7 +81,7 @@ def cmd_stream(args) -> int:
     """The streaming path of the VSR_StreamUpscaleVideo node: chunk by chunk, bounded memory."""
     from .flow import DISEngine
     from .io import FrameSelection, format_for_path
-    from .stream import DIFFUSION_METHODS, StreamPipeline, stream_video
+    from .stream import DIFFUSION_METHODS, StreamPipeline, raft_convention, stream_video
 
     src, dst = Path(args.input), Path(args.output)
     if not _paths_ok(src, dst):
@@ -108,8 +108,7 @@ def cmd_stream(args) -> int:
         from .flow.raft import RAFTEngine
         from .loaders.raft import load_raft
 
-        preset = {"mgld": "mgld", "upscale_a_video": "uav"}.get(args.method, "stablevsr")
-        engine = RAFTEngine.for_method(load_raft(args.raft), preset, device=device)
+        engine = RAFTEngine.for_method(load_raft(args.raft), raft_convention(args.method), device=device)
     pipe = StreamPipeline(args.method, model, engine, settings, weights=args.weights, tile=args.tile,
                           speed=args.speed)
     sel = FrameSelection(skip_first=args.skip, nth=args.nth, cap=args.frames)

@@ -43,7 +43,7 @@ from torch import Tensor
 from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
 
 __all__ = ["STREAM_METHODS", "BLEND_MODES", "METHOD_SETTINGS", "StreamPipeline", "ChunkCarry", "frame_noise",
-           "plan_chunks", "overlapping_chunks", "crossfade_weights", "ChunkBlender", "stream_video",
+           "plan_chunks", "overlapping_chunks", "raft_convention", "crossfade_weights", "ChunkBlender", "stream_video",
            "default_overlap", "auto_chunk_frames"]
 
 UPSCALER_METHODS = ("learned", "bicubic", "lanczos")
@@ -114,6 +114,12 @@ class StreamPipeline:
 
             self.flow_engine = DISEngine("medium")
         return self.flow_engine
+
+
+def raft_convention(method: str) -> str:
+    """How the method's official code calls RAFT (``RAFTEngine.for_method`` preset); StableVSR's for the
+    others."""
+    return {"mgld": "mgld", "upscale_a_video": "uav"}.get(method, "stablevsr")
 
 
 def default_overlap(method: str) -> int:
