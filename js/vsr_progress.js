@@ -3,21 +3,41 @@
 // widget (not saved in the workflow), so it shows in the classic canvas and in the Vue node renderer.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { LINE_HEIGHT, fitNode, textBoxHeight, widgetHeight } from "./vsr_common.js";
+
+const MARGIN = 4;
 
 function progressElement(node) {
   if (node.vsrProgress) return node.vsrProgress;
   const el = document.createElement("div");
   el.className = "vsr-progress";
   Object.assign(el.style, {
-    display: "none", font: "11px monospace", padding: "2px 6px", color: "var(--input-text, #ddd)",
-    background: "var(--comfy-input-bg, #222)", borderRadius: "4px", whiteSpace: "nowrap", overflow: "hidden",
+    display: "none", font: "11px monospace", lineHeight: `${LINE_HEIGHT}px`, padding: "2px 6px",
+    color: "var(--input-text, #ddd)", background: "var(--comfy-input-bg, #222)", borderRadius: "4px",
+    whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis", boxSizing: "border-box",
   });
+  // one line of text, once there is something to show (the node grows to make room: the classic canvas
+  // gives a DOM widget no more than it asked for when the node was sized)
   const widget = node.addDOMWidget?.("vsr_progress", "vsr_progress", el, {
-    serialize: false, getMinHeight: () => (el.textContent ? 20 : 0),
+    serialize: false, margin: MARGIN,
+    getMinHeight: () => (el.style.display === "none" ? 0 : widgetHeight(textBoxHeight(1, 2), MARGIN)),
+    getMaxHeight: () => (el.style.display === "none" ? 0 : widgetHeight(textBoxHeight(1, 2), MARGIN)),
   });
   if (widget) widget.serialize = false;
   node.vsrProgress = el;
   return el;
+}
+
+function showLine(node, text, title) {
+  const el = progressElement(node);
+  el.textContent = text;
+  el.title = title ?? text;
+  if (el.style.display === "none") {
+    el.style.display = "";
+    fitNode(node);
+  } else {
+    node.setDirtyCanvas?.(true, false);
+  }
 }
 
 app.registerExtension({
@@ -39,22 +59,16 @@ app.registerExtension({
       onExecuted?.apply(this, arguments);
       const text = message?.text;
       if (text == null) return;
-      const el = progressElement(this);
       const lines = (Array.isArray(text) ? text.join("\n") : String(text)).split("\n").filter(Boolean);
-      el.textContent = lines[lines.length - 1] ?? "";
-      el.title = lines.join("\n");  // the estimate, any out-of-memory retry, the outcome
-      el.style.display = "";
-      this.setDirtyCanvas?.(true, false);
+      // the outcome on the line; the estimate, any out-of-memory retry and the outcome on hover
+      showLine(this, lines[lines.length - 1] ?? "", lines.join("\n"));
     };
   },
   setup() {
     api.addEventListener("vsr.progress", ({ detail }) => {
       const node = app.graph?.getNodeById?.(detail?.node);
       if (!node || !String(node.type ?? "").startsWith("VSR_")) return;
-      const el = progressElement(node);
-      el.textContent = detail.text;
-      el.style.display = "";
-      node.setDirtyCanvas?.(true, false);
+      showLine(node, detail.text);
     });
   },
 });

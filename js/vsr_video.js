@@ -8,6 +8,9 @@
 // Vue node renderer; only the frontend's public app/api modules are imported.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { LINE_HEIGHT, fitNode, widgetHeight } from "./vsr_common.js";
+
+const MARGIN = 10; // the frontend's default DOM widget margin
 
 const LOADER = "VSR_LoadVideoFrames";
 const COMPARE_NODES = ["VSR_SaveVideo", "VSR_VideoMetrics"];
@@ -35,27 +38,26 @@ function chain(obj, key, fn) {
   };
 }
 
-function fitNode(node) {
-  const want = node.computeSize?.();
-  if (want && node.size) node.setSize?.([Math.max(node.size[0], want[0]), Math.max(node.size[1], want[1])]);
-  node.setDirtyCanvas?.(true, true);
-}
-
 // ---------------------------------------------------------------------------------------- loader preview
 
 function addLoaderPreview(node) {
   const box = styled("div", { display: "flex", flexDirection: "column", gap: "2px", width: "100%" }, "vsr-preview");
-  const video = styled("video", { width: "100%", maxHeight: "100%", objectFit: "contain", background: "#000",
-    borderRadius: "4px", display: "none" });
+  // the picture takes what is left; the caption line always keeps its own height
+  const video = styled("video", { width: "100%", flex: "1 1 auto", minHeight: "0", objectFit: "contain",
+    background: "#000", borderRadius: "4px", display: "none" });
   Object.assign(video, { muted: true, loop: true, autoplay: true, playsInline: true, controls: false });
-  const caption = styled("div", { font: "11px monospace", color: "var(--input-text, #ddd)", opacity: "0.85",
-    whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" }, "vsr-preview-caption");
+  const caption = styled("div", { font: "11px monospace", lineHeight: `${LINE_HEIGHT}px`, flex: "0 0 auto",
+    color: "var(--input-text, #ddd)", opacity: "0.85", whiteSpace: "nowrap", overflow: "hidden",
+    textOverflow: "ellipsis" }, "vsr-preview-caption");
   caption.textContent = "Pick a video to preview the frames this node will load.";
   box.append(video, caption);
   let aspect = 9 / 16;
+  const captionHeight = LINE_HEIGHT + 2;
   const dom = node.addDOMWidget?.("vsr_preview", "vsr_preview", box, {
     serialize: false, hideOnZoom: false,
-    getMinHeight: () => (video.style.display === "none" ? 20 : Math.max(60, (node.size?.[0] ?? 300) * aspect)),
+    margin: MARGIN,
+    getMinHeight: () => widgetHeight(captionHeight +
+      (video.style.display === "none" ? 0 : Math.max(60, ((node.size?.[0] ?? 300) - 2 * MARGIN) * aspect) + 2), MARGIN),
   });
   if (dom) dom.serialize = false;
   video.addEventListener("loadedmetadata", () => {
@@ -166,15 +168,21 @@ function compareWidget(node) {
   const left = styled("span", { ...tagStyle, left: "4px" });
   const right = styled("span", { ...tagStyle, right: "4px" });
   stage.append(under, over, line, left, right);
-  const slider = styled("input", { width: "100%" }, "vsr-compare-frame");
+  const slider = styled("input", { width: "100%", flex: "0 0 auto" }, "vsr-compare-frame");
   Object.assign(slider, { type: "range", min: 0, max: 0, step: 1, value: 0 });
-  const caption = styled("div", { font: "11px monospace", color: "var(--input-text, #ddd)" });
+  const caption = styled("div", { font: "11px monospace", lineHeight: `${LINE_HEIGHT}px`, flex: "0 0 auto",
+    color: "var(--input-text, #ddd)", whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" },
+  "vsr-compare-caption");
   box.append(stage, slider, caption);
   let aspect = 9 / 16;
   const state = { pairs: [], split: 0.5 };
   const dom = node.addDOMWidget?.("vsr_compare", "vsr_compare", box, {
     serialize: false, hideOnZoom: false,
-    getMinHeight: () => (state.pairs.length ? Math.max(80, (node.size?.[0] ?? 300) * aspect + 40) : 0),
+    margin: MARGIN,
+    getMinHeight: () => (state.pairs.length
+      ? widgetHeight(Math.max(80, ((node.size?.[0] ?? 300) - 2 * MARGIN) * aspect) +
+        (state.pairs.length > 1 ? 24 : 0) + LINE_HEIGHT + 8, MARGIN)
+      : 0),
   });
   if (dom) dom.serialize = false;
   under.addEventListener("load", () => {

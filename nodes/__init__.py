@@ -28,6 +28,7 @@ for _name in NODE_MODULES:
     NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
 
 comfy_adapter.register_model_folders()
+comfy_adapter.provide_example_input(comfy_adapter.PACK_ROOT / "vsr_core" / "assets" / "demo_coffee_lr.mp4")
 comfy_adapter.install_device_manager()  # sub-models load through ComfyUI's model management
 if "video" not in IMPORT_ERRORS:  # the loader's "preview the selected frames" request (js/vsr_video.js)
     from .video import preview_selection

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ MODEL_KINDS = ("flow", "upscaler", "sd_x4", "stablevsr", "upscale_a_video", "mgl
 MODEL_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
 
 _overrides: dict[str, str] = {}
+PACK_ROOT = Path(__file__).resolve().parents[1]
 
 
 @lru_cache(maxsize=1)
@@ -82,19 +84,46 @@ def temp_dir() -> str:
     return _directory("temp")
 
 
+def _labelled_roots() -> list[tuple[Path, str]]:
+    """(resolved folder, label) of every folder a node may read from: ComfyUI's input, output and temp
+    folders, then the folders of the ``VSR_ALLOWED_DIRS`` environment variable (os.pathsep-separated)."""
+    roots = [(Path(_directory(k)).resolve(), k) for k in ("input", "output", "temp")]
+    extra = [p for p in os.environ.get("VSR_ALLOWED_DIRS", "").split(os.pathsep) if p]
+    roots += [(Path(p).resolve(), "VSR_ALLOWED_DIRS" if len(extra) == 1 else f"VSR_ALLOWED_DIRS #{i + 1}")
+              for i, p in enumerate(extra)]
+    return roots
+
+
 def allowed_roots() -> list[Path]:
     """Folders a node may read user-given paths from: ComfyUI's input, output and temp folders, plus
     any listed in the ``VSR_ALLOWED_DIRS`` environment variable (os.pathsep-separated)."""
-    roots = [input_dir(), output_dir(), temp_dir()]
-    roots += [p for p in os.environ.get("VSR_ALLOWED_DIRS", "").split(os.pathsep) if p]
-    return [Path(r).resolve() for r in roots]
+    return [r for r, _ in _labelled_roots()]
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as a node message may show it to whoever uses the server: relative to the allowed folder
+    it lies in, with that folder's name ("clips/a.mp4 [input]"), never the server's absolute paths; a path
+    outside them shows as its file name only."""
+    p = Path(path)
+    for root, label in _labelled_roots():
+        for cand in (p, p.resolve()) if p.is_absolute() else (p,):
+            if cand == root or root in cand.parents:
+                rel = cand.relative_to(root).as_posix()
+                return f"{rel} [{label}]" if rel != "." else f"[{label}]"
+    return p.name
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
 
 
 def resolve_user_path(path: str) -> Path:
     """Resolve a path typed into a node; refuse anything outside ``allowed_roots()``.
 
-    A ComfyUI server can be reachable by others, so a path widget must not read arbitrary files.
-    Relative paths and ComfyUI annotations ("clip.mp4 [output]") are resolved against the folders.
+    A ComfyUI server can be reachable by others, so a path widget must not read arbitrary files, and its
+    messages must not tell them about the server's folders: they name the path as typed and the folders
+    by their ComfyUI names. Relative paths and ComfyUI annotations ("clip.mp4 [output]") are resolved
+    against the folders.
     """
     raw = path.strip().strip('"').strip("'")
     m = re.fullmatch(r"(.*?)\s*\[(input|output|temp)\]", raw)
@@ -106,44 +135,115 @@ def resolve_user_path(path: str) -> Path:
             candidate = Path(input_dir()) / candidate
     resolved = candidate.resolve()
     roots = allowed_roots()
-    if not any(resolved == r or r in resolved.parents for r in roots):
+    if not _inside(resolved, roots):
+        linked = _inside(Path(os.path.normpath(candidate)), roots)  # inside by name: a link leads out
+        what = f"{display_path(os.path.normpath(candidate))} links to a file" if linked else f"{raw!r} is"
         raise PermissionError(
-            f"{resolved} is outside the folders this node may read ({', '.join(str(r) for r in roots)}). "
-            "Copy the file into ComfyUI's input folder, or add its folder to the VSR_ALLOWED_DIRS "
-            "environment variable before starting ComfyUI.")
+            f"{what} outside the folders this node may read: ComfyUI's input, output and temp folders, and "
+            "those listed in the VSR_ALLOWED_DIRS environment variable. Copy the file into ComfyUI's input "
+            "folder, or add its folder to VSR_ALLOWED_DIRS before starting ComfyUI.")
     return resolved
 
 
 def list_input_files(extensions: tuple[str, ...]) -> list[str]:
-    """Files (relative names) in the input folder with one of ``extensions``, sorted."""
+    """Files (relative names) in the input folder with one of ``extensions``, sorted; links whose target
+    lies outside the allowed folders are left out (the loader would refuse them)."""
     root = Path(input_dir())
     if not root.is_dir():
         return []
+    roots = allowed_roots()
     out = []
     for p in root.rglob("*"):
         if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith("."):
-            out.append(p.relative_to(root).as_posix())
+            if _inside(p.resolve(), roots):
+                out.append(p.relative_to(root).as_posix())
     return sorted(out)
+
+
+def _counter_pattern(filename: str) -> re.Pattern:
+    # "video_00007.mp4", a PNG folder "video_00007", core's "video_00007_.png", a partial
+    # ".video_00007.mp4.x1y2.partial.mp4": every name that holds counter 7 of prefix "video"
+    return re.compile(re.escape(filename) + r"_(\d+)_?(\..*)?", re.IGNORECASE)
+
+
+def next_counter(folder: Path, filename: str) -> int:
+    """1 + the largest counter any entry of ``folder`` holds for ``filename`` (our names, core's names with
+    the trailing underscore, folders, and the partial files of runs still writing)."""
+    pattern = _counter_pattern(filename)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 1
+    counters = [int(m.group(1)) for n in names if (m := pattern.fullmatch(n.lstrip(".")))]
+    return max(counters, default=0) + 1
 
 
 def save_path(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
     """(folder, base filename, counter, subfolder) for a new output, ComfyUI's prefix/counter convention.
 
-    "VSR/video" -> output/VSR/video_00001.mp4, then _00002, ... (never overwrites).
+    "VSR/video" -> output/VSR/video_00001.mp4, then _00002, ... The counter is one past every name the
+    folder holds for the prefix, ours and core's alike (core's own counter only sees names of its form
+    "video_00001_.png", so it is not enough on its own).
     """
     out_root = output_dir()
     c = _comfy()
-    if c is not None and "output" not in _overrides:
-        folder, filename, counter, subfolder, _ = c[0].get_save_image_path(filename_prefix, out_root, width, height)
-        return Path(folder), filename, counter, subfolder
-    subfolder, filename = os.path.split(os.path.normpath(filename_prefix))
-    folder = Path(out_root) / subfolder
-    if not folder.resolve().is_relative_to(Path(out_root).resolve()):
-        raise ValueError(f"filename_prefix {filename_prefix!r} points outside the output folder")
+    core_counter = 1
+    if c is not None and "output" not in _overrides:  # core's checks (prefix inside the output folder) and counter
+        folder, filename, core_counter, subfolder, _ = c[0].get_save_image_path(filename_prefix, out_root, width,
+                                                                                 height)
+        folder = Path(folder)
+    else:
+        subfolder, filename = os.path.split(os.path.normpath(filename_prefix))
+        folder = Path(out_root) / subfolder
+        if not folder.resolve().is_relative_to(Path(out_root).resolve()):
+            raise ValueError(f"filename_prefix {filename_prefix!r} points outside the output folder")
     folder.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(filename) + r"_(\d{5})")
-    counters = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name.lstrip(".")))]
-    return folder, filename, max(counters, default=0) + 1, subfolder
+    return folder, filename, max(core_counter, next_counter(folder, filename)), subfolder
+
+
+def new_output(filename_prefix: str, ext: str, width: int = 0, height: int = 0):
+    """(path, subfolder, next_name) of a new output file (or, ``ext`` empty, a PNG folder) for
+    ``filename_prefix``. ``next_name(taken)`` gives the next free counter's path: pass it to the writer as
+    ``on_exists`` so that an output which finishes when another run has taken its name goes to the next
+    counter instead of replacing it."""
+    folder, filename, counter, subfolder = save_path(filename_prefix, width, height)
+
+    def next_name(taken: Path) -> Path:
+        n = max(next_counter(folder, filename), counter + 1)
+        return folder / f"{filename}_{n:05d}{ext}"
+
+    return folder / f"{filename}_{counter:05d}{ext}", subfolder, next_name
+
+
+EXAMPLE_VIDEO = "vsr_example_coffee.mp4"  # what the shipped workflows' loaders point at
+
+
+def provide_example_input(source: str | os.PathLike, name: str = EXAMPLE_VIDEO) -> Path | None:
+    """Inside ComfyUI, put the pack's bundled example clip into the input folder as ``name`` (once: a file
+    of that name, the user's or ours, is never replaced), so the shipped workflows open on a video that
+    exists. Returns its path, or None without ComfyUI or when the input folder cannot be written."""
+    if _comfy() is None or "input" in _overrides:
+        return None
+    from vsr_core.io.video import claim
+
+    target = Path(input_dir()) / name
+    if os.path.lexists(target):
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{name}.{os.getpid()}.partial")
+        shutil.copyfile(source, tmp)
+        try:
+            claim(tmp, target)
+        except FileExistsError:
+            pass
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    except OSError as e:  # a read-only input folder: the workflows then ask for a video
+        log.warning("[Diffusion VSR] could not put the example clip into the input folder: %s", e)
+        return None
+    return target
 
 
 def register_model_folders() -> None:

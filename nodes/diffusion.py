@@ -424,15 +424,16 @@ class VSR_X4PerFrameSampler:
 
 
 def _step_list(text: str, steps: int) -> list[int]:
-    """"24, 26, 28" -> [24, 26, 28] (0-based step indices), checked against the step count."""
-    try:
-        out = sorted({int(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v.strip()})
-    except ValueError:
-        raise ValueError(f"propagation_steps must be step numbers separated by commas, e.g. '24,26,28'; got {text!r}")
-    bad = [v for v in out if not 0 <= v < steps]
-    if bad:
-        raise ValueError(f"propagation_steps {bad} are outside 0..{steps - 1} (steps = {steps})")
-    return out
+    """"24, 26, 28" or "-6, -4, -2" (from the end) -> 0-based loop indices, checked against the step count."""
+    from vsr_core.sampling.propagation import resolve_propagation_steps
+
+    return resolve_propagation_steps(text, steps)
+
+
+# VALIDATE_INPUTS' default for an optional input left unconnected (ComfyUI passes None for a linked one)
+_UNCONNECTED = object()
+_NO_FLOW = ("propagation_steps are set but no flow is connected: add Flow Guidance on the LR frames, or clear "
+            "propagation_steps")
 
 
 class VSR_UpscaleAVideoSampler:
@@ -468,9 +469,12 @@ class VSR_UpscaleAVideoSampler:
                 "seed": ("INT", {"default": 10, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Same seed, same result."}),
                 "propagation_steps": ("STRING", {"default": "",
-                                                 "tooltip": "0-based steps at which latents are propagated along "
-                                                            "the flow, e.g. '24,26,28' of 30 (empty = off, the "
-                                                            "official default). Needs the flow input."}),
+                                                 "tooltip": "Steps at which latents are propagated along the "
+                                                            "flow (empty = off, the official default). Negative "
+                                                            "numbers count from the end: '-6,-4,-2' are the "
+                                                            "published 24,26,28 of 30 steps and stay the last "
+                                                            "steps when you change steps; 0 is the first step. "
+                                                            "Needs the flow input."}),
                 "window": ("INT", {"default": 8, "min": 1, "max": 64,
                                    "tooltip": "Frames the UNet sees at once (UAV: 8)."}),
                 "overlap": ("INT", {"default": 2, "min": 0, "max": 63,
@@ -495,6 +499,27 @@ class VSR_UpscaleAVideoSampler:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps=30, propagation_steps="", flow=_UNCONNECTED):
+        # Queue time, before upstream nodes run. Naming an input here turns ComfyUI's own range check of it
+        # off (steps is re-checked); a linked input arrives as None and is checked at run time.
+        if steps is not None:
+            spec = cls.INPUT_TYPES()["required"]["steps"][1]
+            if isinstance(steps, bool) or not isinstance(steps, int) or not spec["min"] <= steps <= spec["max"]:
+                return f"steps must be a whole number in {spec['min']}..{spec['max']}, got {steps!r}"
+        if propagation_steps is None:
+            return True
+        from vsr_core.sampling.propagation import parse_step_numbers, resolve_propagation_steps
+
+        try:
+            prop = resolve_propagation_steps(propagation_steps, steps) if steps is not None \
+                else parse_step_numbers(propagation_steps)
+        except ValueError as e:
+            return str(e)
+        if prop and flow is _UNCONNECTED:
+            return _NO_FLOW
+        return True
+
     def sample(self, model, lr, prompt="", negative_prompt="", guidance_scale=6.0, steps=30, seed=10,
                propagation_steps="", window=8, overlap=2, window_merge="running", tile_size=0, tile_overlap=16,
                tile_merge="hann", flow=None, speed="as loaded", unique_id=None):
@@ -506,8 +531,7 @@ class VSR_UpscaleAVideoSampler:
         cond = _lr_of(lr)
         prop = _step_list(propagation_steps, steps)
         if prop and flow is None:
-            raise ValueError("propagation_steps are set but no flow is connected: add Flow Guidance on the LR "
-                             "frames, or clear propagation_steps")
+            raise ValueError(_NO_FLOW)
         if flow is not None and flow.num_frames != cond.num_frames:
             raise ValueError(f"the flow covers {flow.num_frames} frames but the LR latent has {cond.num_frames}: "
                              "compute both from the same clip")

@@ -11,9 +11,10 @@ from . import budget
 from . import comfy_adapter as comfy
 from .common import CATEGORY, video_ui
 from .flow import DIS_ENGINE, _raft_engine
-from .video import VIDEO_EXTENSIONS, _source_path
+from .video import VIDEO_EXTENSIONS, existing_source, path_problem
 
 MODEL_METHOD = "the connected model"
+_NOT_LINKED = object()  # VALIDATE_INPUTS default of an input that is not connected
 METHODS = [MODEL_METHOD, *UPSCALER_METHODS]
 
 
@@ -23,7 +24,7 @@ def _settings(text: str, method: str, steps: int, seed: int, prompt: str, negati
         extra = json.loads(text) if text and text.strip() else {}
     except json.JSONDecodeError as e:
         raise ValueError(f"settings must be a JSON object such as {{\"guidance_scale\": 6, \"propagation_steps\": "
-                         f"[24, 26, 28]}}; it does not parse: {e}") from None
+                         f"[-6, -4, -2]}}; it does not parse: {e}") from None
     if not isinstance(extra, dict):
         raise ValueError(f"settings must be a JSON object ({{...}}), got {type(extra).__name__}")
     known = METHOD_SETTINGS[method]
@@ -61,7 +62,7 @@ class VSR_StreamUpscaleVideo:
                 "method": (METHODS, {"default": MODEL_METHOD,
                                      "tooltip": "the connected model: its method (connect Load Diffusion VSR "
                                                 "Model). learned / bicubic / lanczos: no diffusion model needed."}),
-                "video": (comfy.list_input_files(VIDEO_EXTENSIONS),
+                "video": (comfy.list_input_files(VIDEO_EXTENSIONS) or [""],
                           {"tooltip": "A video in ComfyUI's input folder (the upload button adds one). Ignored when "
                                       "path is typed or video_info is connected."}),
                 "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
@@ -76,7 +77,7 @@ class VSR_StreamUpscaleVideo:
                                                "tooltip": "x4 / Upscale-A-Video: what to avoid (empty = default)."}),
                 "settings": ("STRING", {"default": "", "multiline": True,
                                         "tooltip": "More sampler/decoder settings as JSON, e.g. "
-                                                   "{\"guidance_scale\": 6, \"propagation_steps\": [24, 26, 28], "
+                                                   "{\"guidance_scale\": 6, \"propagation_steps\": [-6, -4, -2], "
                                                    "\"noise_level\": 120, \"color_fix\": \"wavelet\"}. Unknown keys "
                                                    "are refused with the list of known ones."}),
                 "flow_engine": ([DIS_ENGINE] + comfy.list_models("flow"),
@@ -117,9 +118,12 @@ class VSR_StreamUpscaleVideo:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, video="", path=""):
-        # the file list is ours to check (video_info, when connected, replaces both)
-        return True
+    def VALIDATE_INPUTS(cls, path="", video_info=_NOT_LINKED):
+        # as the loader's: a typed path is checked here (once: only `path` carries the message), `video` by
+        # ComfyUI against the file list. A connected video_info (it arrives as None) replaces both.
+        if video_info is not _NOT_LINKED:
+            return True
+        return path_problem("", path) or True
 
     def run(self, method, video="", steps=0, seed=42, prompt="", negative_prompt="", settings="",
             flow_engine=DIS_ENGINE, chunk_frames=0, chunk_overlap=-1, blend="flow", scale=4,
@@ -138,14 +142,13 @@ class VSR_StreamUpscaleVideo:
             if video_info.loaded_size and tuple(video_info.loaded_size) != (video_info.height, video_info.width) \
                     and min(video_info.loaded_size) > 0:
                 size = tuple(int(v) for v in video_info.loaded_size)
+            if not os.path.isfile(src):
+                raise FileNotFoundError(f"video file not found: {comfy.display_path(src)}")
         else:
-            try:
-                src, selection = _source_path(video, path), FrameSelection()
-            except ValueError:
+            if not (video or (path and path.strip())):
                 raise ValueError("no video: choose or upload one, type a path, or connect Load Video Frames' "
-                                 "video_info") from None
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f"video file not found: {src}")
+                                 "video_info")
+            src, selection = existing_source(video, path), FrameSelection()
         device = comfy.get_device()
         if method == MODEL_METHOD:
             if model is None:
@@ -168,14 +171,14 @@ class VSR_StreamUpscaleVideo:
         info = probe(src)
         width = (size[1] if size else info.width) * scale
         height = (size[0] if size else info.height) * scale
-        folder, name, counter, subfolder = comfy.save_path(filename_prefix, width, height)
         ext = OUTPUT_FORMATS[format][0]
+        target, subfolder, next_name = comfy.new_output(filename_prefix, ext, width, height)
         metadata = {"prompt": prompt_graph} if prompt_graph is not None else {}
         if extra_pnginfo:
             metadata.update(extra_pnginfo)
         total = max(selection.count(info.num_frames), 1)
         bar = comfy.Progress(total, unique_id)
-        path = stream_video(src, folder / f"{name}_{counter:05d}{ext}", pipe, selection, scale=scale,
+        path = stream_video(src, target, pipe, selection, scale=scale, on_exists=next_name,
                             chunk=chunk_frames, overlap=chunk_overlap, blend=blend, fmt=format, crf=crf,
                             device=device, metadata=metadata, size=size, progress=bar)
         comfy.soft_empty_cache()

@@ -13,6 +13,7 @@ from . import comfy_adapter as comfy
 from .common import CATEGORY, compare_ui, video_ui
 
 RESIZE_MODES = ["none", "multiple_of_8", "custom"]
+NO_VIDEO = "no video chosen: upload one (or put it in ComfyUI's input folder) or type a path"
 
 
 def _source_path(video: str, path: str) -> str:
@@ -21,7 +22,7 @@ def _source_path(video: str, path: str) -> str:
     if path and path.strip():
         return str(comfy.resolve_user_path(path))
     if not video:
-        raise ValueError("no video chosen: upload one (or put it in ComfyUI's input folder) or type a path")
+        raise ValueError(NO_VIDEO)
     return str(comfy.resolve_user_path(video))
 
 
@@ -32,15 +33,39 @@ def _int_arg(query: dict, name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {query.get(name)!r}") from None
 
 
+def existing_source(video: str, path: str) -> str:
+    """``_source_path`` of a file that exists (else FileNotFoundError naming it as the user knows it)."""
+    src = _source_path(video, path)
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"video file not found: {comfy.display_path(src)}")
+    return src
+
+
+def path_problem(video: str, path) -> str | None:
+    """What is wrong with the file a typed ``path`` names, as a queue-time message (None: nothing, or no
+    path typed: ComfyUI checks `video` against its file list; a path linked from another node arrives as
+    None and is checked when the node runs)."""
+    if path is None or not str(path).strip():
+        return None
+    try:
+        existing_source(video, path)
+    except (ValueError, OSError) as e:
+        return str(e)
+    return None
+
+
 def preview_selection(query: dict):
     """GET /vsr/preview?video=&path=&skip=&cap=&nth= : an mp4 of exactly the frames the loader would
-    select (first PREVIEW_MAX_FRAMES of them, downscaled), and what was selected (the node shows it)."""
-    src = _source_path(query.get("video", ""), query.get("path", ""))
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f"video file not found: {src}")
+    select (first PREVIEW_MAX_FRAMES of them, downscaled), and what was selected (the node shows it).
+    Errors name files as the user knows them, never by the server's absolute paths."""
+    src = existing_source(query.get("video", ""), query.get("path", ""))
     selection = FrameSelection(skip_first=_int_arg(query, "skip", 0), nth=_int_arg(query, "nth", 1),
                                cap=_int_arg(query, "cap", 0))
-    return selection_preview(src, selection, Path(comfy.temp_dir()) / "vsr_preview")
+    try:
+        return selection_preview(src, selection, Path(comfy.temp_dir()) / "vsr_preview")
+    except (ValueError, OSError, RuntimeError) as e:  # a decoder's message may carry the absolute path
+        msg = str(e).replace(src, comfy.display_path(src))
+        raise (type(e) if type(e) in (ValueError, FileNotFoundError, RuntimeError) else RuntimeError)(msg) from None
 
 
 class VSR_LoadVideoFrames:
@@ -65,7 +90,7 @@ class VSR_LoadVideoFrames:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "video": (comfy.list_input_files(VIDEO_EXTENSIONS),
+                "video": (comfy.list_input_files(VIDEO_EXTENSIONS) or [""],
                           {"tooltip": "A video in ComfyUI's input folder (the upload button adds one). The node "
                                       "previews exactly the frames the settings below select."}),
                 "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "step": 1,
@@ -102,19 +127,16 @@ class VSR_LoadVideoFrames:
             return float("nan")
 
     @classmethod
-    def VALIDATE_INPUTS(cls, video="", path=""):
-        # only the two inputs named here skip ComfyUI's built-in checks (the file list is ours to check)
-        try:
-            src = _source_path(video, path)
-        except (ValueError, PermissionError) as e:
-            return str(e)
-        if not os.path.isfile(src):
-            return f"video file not found: {src}"
-        return True
+    def VALIDATE_INPUTS(cls, path=""):
+        # ComfyUI reports a message from here once for every input named in this signature, so only `path` is
+        # named: a typed path is checked here, and `video` by ComfyUI's own check against the file list
+        # (which lists only files the node may read). A path linked from another node arrives as None.
+        return path_problem("", path) or True
+
 
     def load(self, video, frame_load_cap=0, skip_first_frames=0, select_every_nth=1, resize="none",
              custom_width=0, custom_height=0, path="", unique_id=None):
-        src = _source_path(video, path)
+        src = existing_source(video, path)
         info = probe(src)
         selection = FrameSelection(skip_first=skip_first_frames, nth=select_every_nth, cap=frame_load_cap)
         size = target_size(info.width, info.height, resize, custom_width, custom_height)
@@ -172,9 +194,8 @@ class VSR_SaveVideo:
              audio=None, compare_with=None, prompt=None, extra_pnginfo=None, unique_id=None):
         images = check_image(images)
         T, H, W, _ = images.shape
-        folder, name, counter, subfolder = comfy.save_path(filename_prefix, W, H)
         ext = OUTPUT_FORMATS[format][0]
-        target = folder / f"{name}_{counter:05d}{ext}"
+        target, subfolder, next_name = comfy.new_output(filename_prefix, ext, W, H)
         metadata = {}
         if prompt is not None:
             metadata["prompt"] = prompt
@@ -182,7 +203,7 @@ class VSR_SaveVideo:
             metadata.update(extra_pnginfo)
         bar = comfy.Progress(T, unique_id)
         path = save_video(images, target, fps, fmt=format, crf=crf, pix_fmt=pix_fmt, audio=audio,
-                          metadata=metadata, progress=bar)
+                          metadata=metadata, progress=bar, on_exists=next_name)
         ui = video_ui(path, subfolder, bool(ext))
         if compare_with is not None:
             ui["vsr_compare"] = compare_ui(check_image(compare_with, "compare_with"), images, ("input", "output"),

@@ -52,6 +52,18 @@ def test_missing_input_and_same_output_are_clear_errors(tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_upscale_never_replaces_an_existing_file_unless_asked(tmp_path):
+    src = write_video(tmp_path / "clip.mkv", indexed_frames(3, 16, 16), codec="ffv1", pix_fmt="bgr0")
+    out = tmp_path / "result.mp4"
+    out.write_bytes(b"an hour of someone's render")
+    r = run_cli("upscale", src, out, "--method", "bicubic")
+    assert r.returncode == 2 and r.stderr == f"error: {out} already exists; use --overwrite (-y) to replace it\n"
+    assert out.read_bytes() == b"an hour of someone's render"
+    r = run_cli("upscale", src, out, "--method", "bicubic", "-y")
+    assert r.returncode == 0, r.stderr
+    assert probe(out).num_frames == 3 and sorted(tmp_path.iterdir()) == [src, out]
+
+
 def test_demo_job_writes_video_and_comparison(tmp_path):
     r = run_cli("demo", "--out", tmp_path)
     assert r.returncode == 0, r.stderr

@@ -167,12 +167,36 @@ def test_uav_sampler_node(use_method_models, clip):
     (again,) = _result(sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2,
                                       propagation_steps="1", window=2, overlap=1, flow=flow))
     assert torch.equal(lat["samples"], again["samples"])
+    (last,) = _result(sampler.sample(model, lr, "a cat", "blur", guidance_scale=6.0, steps=2, propagation_steps="-1",
+                                     window=2, overlap=1, flow=flow))
+    assert torch.equal(last["samples"], lat["samples"])  # -1 counts from the end: the last of 2 steps is 1
     with pytest.raises(ValueError, match="no flow is connected"):
         sampler.sample(model, lr, steps=2, propagation_steps="1")
     with pytest.raises(ValueError, match="outside 0..1"):
         sampler.sample(model, lr, steps=2, propagation_steps="5", flow=flow)
     with pytest.raises(ValueError, match="separated by commas"):
         sampler.sample(model, lr, steps=2, propagation_steps="a,b", flow=flow)
+
+
+def test_uav_propagation_steps_are_checked_at_queue_time():
+    """ComfyUI calls VALIDATE_INPUTS with the widget values before any node runs; a linked input arrives as
+    None, an unconnected optional one not at all."""
+    from vsr_core.sampling.propagation import resolve_propagation_steps
+
+    check = N["VSR_UpscaleAVideoSampler"].VALIDATE_INPUTS
+    msg = check(steps=20, propagation_steps="24,26,28", flow=None)
+    assert msg.startswith("propagation_steps 24, 26, 28 are outside 0..19") and "instead: -6,-4,-2" in msg
+    assert check(steps=30, propagation_steps="24,26,28", flow=None) is True  # saved workflows run unchanged
+    for steps, indices in ((20, [14, 16, 18]), (30, [24, 26, 28])):
+        assert check(steps=steps, propagation_steps="-6,-4,-2", flow=None) is True
+        assert resolve_propagation_steps("-6,-4,-2", steps) == indices
+    assert check(steps=2, propagation_steps="-1", flow=None) is True
+    assert check(steps=30, propagation_steps="") is True and check() is True
+    assert "no flow is connected" in check(steps=30, propagation_steps="-1")
+    assert "separated by commas" in check(steps=None, propagation_steps="24;x", flow=None)
+    assert check(steps=None, propagation_steps="99", flow=None) is True  # steps linked: checked at run time
+    assert check(steps=30, propagation_steps=None) is True  # propagation_steps linked
+    assert "1..1000" in check(steps=0, propagation_steps="") and "1..1000" in check(steps=1001)
 
 
 def test_mgld_sampler_node(use_method_models, clip):

@@ -14,14 +14,17 @@ PUBLIC = {"../../scripts/app.js", "../../scripts/api.js"}
 
 
 def test_there_is_a_frontend_extension():
-    assert {p.name for p in JS} >= {"vsr_video.js", "vsr_progress.js", "vsr_metrics.js"}
+    assert {p.name for p in JS} >= {"vsr_video.js", "vsr_progress.js", "vsr_metrics.js", "vsr_common.js"}
 
 
 @pytest.mark.parametrize("path", JS, ids=lambda p: p.name)
 def test_imports_only_the_public_app_and_api_modules(path):
     text = path.read_text()
     imported = set(re.findall(r"""^\s*import\s[^'"]*['"]([^'"]+)['"]""", text, flags=re.M))
-    assert imported and imported <= PUBLIC, imported
+    siblings = {m for m in imported if m.startswith("./")}  # the pack's own shared module(s), served beside it
+    assert all((path.parent / m).is_file() for m in siblings), siblings
+    assert (imported - siblings) <= PUBLIC, imported
+    assert imported or path.name == "vsr_common.js", "an extension that imports nothing cannot register itself"
     # the pack's folder name is not ours to know (ComfyUI-Manager renames it): no hard-coded extension URLs
     assert "/extensions/" not in text
 

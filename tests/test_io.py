@@ -9,8 +9,8 @@ import pytest
 import torch
 from media import frame_index, indexed_frames, level, write_video
 
-from vsr_core.io import (FrameSelection, VideoReadError, VideoWriter, iter_frames, load_audio, load_video, probe,
-                         save_video, target_size)
+from vsr_core.io import (FrameSelection, OutputExistsError, VideoReadError, VideoWriter, iter_frames, load_audio,
+                         load_video, probe, save_video, target_size)
 from vsr_core.memory import InsufficientMemoryError
 
 
@@ -254,10 +254,64 @@ def test_existing_file_is_replaced_only_on_success(tmp_path):
     save_video(torch.full((2, 16, 16, 3), level(3) / 255), target, 24)
     before = target.read_bytes()
     with pytest.raises(RuntimeError):
-        with VideoWriter(target, 24) as w:
+        with VideoWriter(target, 24, on_exists="replace") as w:
             w.write(torch.rand(2, 16, 16, 3))
             raise RuntimeError("interrupted")
     assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.mp4"]
+    save_video(torch.full((3, 16, 16, 3), level(5) / 255), target, 24, on_exists="replace")
+    assert probe(target).num_frames == 3
+
+
+def test_existing_output_is_refused_before_any_work(tmp_path):
+    target = tmp_path / "mine.mp4"
+    target.write_bytes(b"an hour of someone's render")
+    with pytest.raises(OutputExistsError, match="mine.mp4 already exists"):
+        VideoWriter(target, 24)
+    assert target.read_bytes() == b"an hour of someone's render"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.mp4"]
+
+
+@pytest.mark.parametrize("fmt", ["mp4 (h264)", "png sequence"])
+def test_output_that_appears_while_writing_is_never_replaced(tmp_path, fmt):
+    target = tmp_path / "race.mp4" if fmt != "png sequence" else tmp_path / "race"
+    w = VideoWriter(target, 24, fmt=fmt)
+    w.write(torch.rand(2, 16, 16, 3))
+    if fmt == "png sequence":  # another run finished first under the same name
+        target.mkdir()
+        (target / "theirs.png").write_bytes(b"theirs")
+    else:
+        target.write_bytes(b"theirs")
+    with pytest.raises(OutputExistsError, match="was left as it was; the result was saved as .*race.1"):
+        w.close()
+    theirs = target / "theirs.png" if fmt == "png sequence" else target
+    assert theirs.read_bytes() == b"theirs"
+    assert w.kept_as == w.path and w.path.name.startswith("race.1")
+    kept = sorted(w.path.iterdir()) if fmt == "png sequence" else [w.path]
+    assert len(kept) == 2 if fmt == "png sequence" else probe(w.path).num_frames == 2
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name or p.name.startswith(".")]
+
+
+def test_output_that_appears_while_writing_goes_to_the_next_name_given(tmp_path):
+    target = tmp_path / "v_00001.mp4"
+    names = iter([tmp_path / "v_00002.mp4", tmp_path / "v_00003.mp4"])
+    w = VideoWriter(target, 24, on_exists=lambda taken: next(names))
+    w.write(torch.rand(2, 16, 16, 3))
+    target.write_bytes(b"one")
+    (tmp_path / "v_00002.mp4").write_bytes(b"two")
+    assert w.close() == tmp_path / "v_00003.mp4"
+    assert target.read_bytes() == b"one" and (tmp_path / "v_00002.mp4").read_bytes() == b"two"
+    assert probe(tmp_path / "v_00003.mp4").num_frames == 2
+
+
+def test_two_writers_to_one_name_never_share_a_partial_file(tmp_path):
+    a, b = VideoWriter(tmp_path / "same.mp4", 24), VideoWriter(tmp_path / "same.mp4", 24,
+                                                               on_exists=lambda t: tmp_path / "other.mp4")
+    assert a._tmp != b._tmp
+    a.write(torch.zeros(2, 16, 16, 3))
+    b.write(torch.ones(3, 16, 16, 3))
+    assert a.close() == tmp_path / "same.mp4" and b.close() == tmp_path / "other.mp4"
+    assert probe(tmp_path / "same.mp4").num_frames == 2 and probe(tmp_path / "other.mp4").num_frames == 3
 
 
 def test_bad_fps_and_format():

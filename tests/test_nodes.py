@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import types
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from media import frame_index, indexed_frames, write_video
-from pack import REPO, load_pack
+from pack import REPO, core_save_image_path, load_pack, queue_time_errors
 
 PACK = load_pack()
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
@@ -84,7 +85,7 @@ def test_load_node_returns_declared_outputs(folders):
                 audio=(8000, 1, 1.0))
     cls = MAPPINGS["VSR_LoadVideoFrames"]
     assert "clip.mkv" in cls.INPUT_TYPES()["required"]["video"][0]
-    assert cls.VALIDATE_INPUTS(video="clip.mkv") is True
+    assert queue_time_errors(cls, {"video": "clip.mkv", "path": ""}) == []
     out = cls().load("clip.mkv", frame_load_cap=4, skip_first_frames=2, select_every_nth=3)
     frames, count, fps, audio, info = _check_outputs(cls, out)
     assert count == 4 and [frame_index(f) for f in frames] == [2, 5, 8, 11]
@@ -105,13 +106,49 @@ def test_load_node_path_input_and_allowed_folders(folders, tmp_path_factory):
     assert frames.shape[0] == 3
     outside = tmp_path_factory.mktemp("elsewhere")
     write_video(outside / "secret.mkv", indexed_frames(3), codec="ffv1", pix_fmt="bgr0")
-    msg = cls.VALIDATE_INPUTS(video="", path=str(outside / "secret.mkv"))
-    assert isinstance(msg, str) and "VSR_ALLOWED_DIRS" in msg
+    ((name, msg),) = queue_time_errors(cls, {"video": "", "path": str(outside / "secret.mkv")})
+    assert name == "path" and "VSR_ALLOWED_DIRS" in msg
     with pytest.raises(PermissionError, match="outside the folders"):
         cls().load("", path=str(outside / "secret.mkv"))
     with pytest.raises(PermissionError):
         cls().load("", path="../../../etc/passwd")
-    assert "not found" in cls.VALIDATE_INPUTS(video="missing.mp4")
+    assert queue_time_errors(cls, {"video": "missing.mp4", "path": ""}) == [
+        ("video", "Value not in list: video: 'missing.mp4'")]
+
+
+@pytest.mark.parametrize("node", ["VSR_LoadVideoFrames", "VSR_StreamUpscaleVideo"])
+def test_bad_paths_are_refused_at_queue_time_once_without_server_paths(folders, tmp_path_factory, node):
+    """Messages reach whoever can open the server's page: they must not reveal its folders, a link's real
+    target or the home folder, and a bad path is reported once (on `path`), not on `video` too."""
+    cls = MAPPINGS[node]
+    write_video(folders / "input" / "ok.mkv", indexed_frames(3), codec="ffv1", pix_fmt="bgr0")
+    outside = tmp_path_factory.mktemp("private_area")
+    write_video(outside / "secret.mkv", indexed_frames(3), codec="ffv1", pix_fmt="bgr0")
+    (folders / "input" / "innocent.mkv").symlink_to(outside / "secret.mkv")
+    (folders / "input" / "sub").mkdir()
+    cases = {"innocent.mkv": "innocent.mkv [input] links to a file outside",
+             str(outside / "secret.mkv"): "is outside the folders",
+             "~/secret.mkv": "'~/secret.mkv' is outside the folders",
+             "sub/missing.mkv": "video file not found: sub/missing.mkv [input]"}
+    home = os.path.expanduser("~")
+    for typed, expected in cases.items():
+        errors = queue_time_errors(cls, {"video": "ok.mkv", "path": typed})
+        assert [e[0] for e in errors] == ["path"], errors  # once
+        msg = errors[0][1]
+        assert expected in msg, msg
+        for private in (str(folders), str(outside), home + "/"):
+            assert private not in msg.replace(typed, ""), (private, msg)
+        run = (lambda: cls().load("", path=typed)) if node == "VSR_LoadVideoFrames" else \
+            (lambda: cls().run("bicubic", path=typed, scale=2))
+        with pytest.raises((PermissionError, FileNotFoundError)) as err:
+            run()
+        assert str(folders) not in str(err.value) and str(outside) not in str(err.value).replace(typed, "")
+    # the file list does not offer the link the loader refuses
+    assert cls.INPUT_TYPES()["required"]["video"][0] == ["ok.mkv"]
+    assert queue_time_errors(cls, {"video": "ok.mkv", "path": ""}) == []
+    if node == "VSR_StreamUpscaleVideo":  # a connected video_info replaces both
+        assert queue_time_errors(cls, {"video": "ok.mkv", "path": "innocent.mkv"}, linked=("video_info",)) == []
+
 
 
 def test_save_node_counter_preview_and_audio(folders):
@@ -168,9 +205,8 @@ def fake_comfy(monkeypatch, tmp_path):
     fp.get_folder_paths = lambda key: fp.folder_names_and_paths[key][0]
 
     def get_save_image_path(prefix, out_root, width=0, height=0):
-        sub, name = prefix.rsplit("/", 1)
         calls["saved"] = (prefix, width, height)
-        return f"{out_root}/{sub}", name, 1, sub, prefix
+        return core_save_image_path(prefix, out_root, width, height)  # core's own counting rule
     fp.get_save_image_path = get_save_image_path
     mm = types.ModuleType("comfy.model_management")
     mm.get_torch_device = lambda: torch.device("cpu")
@@ -248,6 +284,44 @@ def test_interrupt_stops_within_one_chunk_and_save_leaves_no_file(fake_comfy, tm
     assert not any(p.is_file() for p in (tmp_path / "output").rglob("*"))
 
 
+def test_saves_inside_comfyui_never_overwrite_each_other(fake_comfy, tmp_path):
+    """Inside ComfyUI core's counter only sees names like "video_00001_.png", not "video_00001.mp4": four
+    saves and a stream to one prefix must still leave five files (they left one, the last, before)."""
+    (tmp_path / "output").mkdir(), (tmp_path / "input").mkdir()
+    clip = write_video(tmp_path / "input" / "clip.mkv", indexed_frames(3, 8, 8), codec="ffv1", pix_fmt="bgr0")
+    saved = []
+    for k in range(4):
+        out = MAPPINGS["VSR_SaveVideo"]().save(torch.full((2, 8, 8, 3), k / 4), 8.0, "VSR/same")
+        saved.append(out["result"][0])
+    out = MAPPINGS["VSR_StreamUpscaleVideo"]().run("bicubic", path=str(clip), scale=2, filename_prefix="VSR/same")
+    saved.append(out["result"][0])
+    # a core SaveImage to the same prefix in between: our counter goes past core's names too
+    (tmp_path / "output" / "VSR" / "same_00009_.png").write_bytes(b"png")
+    saved.append(MAPPINGS["VSR_SaveVideo"]().save(torch.rand(2, 8, 8, 3), 8.0, "VSR/same")["result"][0])
+    names = [os.path.basename(p) for p in saved]
+    assert names == [f"same_{i:05d}.mp4" for i in (1, 2, 3, 4, 5, 10)], names
+    assert sorted(p.name for p in (tmp_path / "output" / "VSR").iterdir()) == sorted(names + ["same_00009_.png"])
+    from vsr_core.io import probe
+
+    assert [probe(p).num_frames for p in saved] == [2, 2, 2, 2, 3, 2]
+
+
+def test_a_name_taken_while_saving_moves_the_save_to_the_next_counter(fake_comfy, tmp_path, monkeypatch):
+    """Two prompts finishing together: the name is re-checked when the file is moved into place."""
+    (tmp_path / "output").mkdir()
+    from vsr_core.io import video as video_io
+
+    real_close = video_io.VideoWriter.close
+
+    def close_after_another_run(self):  # another run takes our name just before we finish
+        self.path.write_bytes(b"the other run's video")
+        return real_close(self)
+    monkeypatch.setattr(video_io.VideoWriter, "close", close_after_another_run)
+    (path,) = MAPPINGS["VSR_SaveVideo"]().save(torch.rand(2, 8, 8, 3), 8.0, "VSR/race")["result"]
+    assert path.endswith("race_00002.mp4")
+    assert (tmp_path / "output" / "VSR" / "race_00001.mp4").read_bytes() == b"the other run's video"
+
+
 IMPORT_CHECK = """
 import sys, importlib.util
 sys.path = [p for p in sys.path if p not in ('', {repo!r})]
@@ -298,6 +372,41 @@ def test_pack_imports_with_a_real_comfyui_on_sys_path(tmp_path):
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "VSR_FlowGuidance" in out.stdout
+
+
+REAL_SAVES = """
+import os, sys, importlib.util
+sys.path.insert(0, {comfy!r})
+from comfy.cli_args import args
+args.cpu = True
+import folder_paths
+folder_paths.set_output_directory({out!r})
+spec = importlib.util.spec_from_file_location('somepack', {init!r}, submodule_search_locations=[{repo!r}])
+m = importlib.util.module_from_spec(spec); sys.modules['somepack'] = m; spec.loader.exec_module(m)
+import torch
+save = m.NODE_CLASS_MAPPINGS['VSR_SaveVideo']()
+paths = [save.save(torch.full((2, 8, 8, 3), k / 3), 8.0, 'VSR/real')['result'][0] for k in range(3)]
+stream = m.NODE_CLASS_MAPPINGS['VSR_StreamUpscaleVideo']()
+paths.append(stream.run('bicubic', path={clip!r}, scale=2, filename_prefix='VSR/real')['result'][0])
+print(sorted(os.listdir(os.path.join({out!r}, 'VSR'))), [os.path.basename(p) for p in paths])
+"""
+
+
+def test_saves_with_the_real_comfyui_folder_paths_never_overwrite(tmp_path):
+    """Needs a ComfyUI checkout: VSR_COMFYUI_DIR (and VSR_COMFYUI_PYTHON, a python with its requirements)."""
+    comfy_dir = os.environ.get("VSR_COMFYUI_DIR")
+    if not comfy_dir:
+        pytest.skip("set VSR_COMFYUI_DIR to a ComfyUI checkout (and VSR_COMFYUI_PYTHON) to run this check")
+    python = os.environ.get("VSR_COMFYUI_PYTHON", sys.executable)
+    out = tmp_path / "output"
+    out.mkdir()
+    clip = write_video(out / "clip.mkv", indexed_frames(3, 8, 8), codec="ffv1", pix_fmt="bgr0")
+    code = REAL_SAVES.format(comfy=comfy_dir, repo=str(REPO), init=str(REPO / "__init__.py"), out=str(out),
+                             clip=str(clip))
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = [f"real_{i:05d}.mp4" for i in (1, 2, 3, 4)]
+    assert done.stdout.strip().splitlines()[-1] == f"{names} {names}"  # four files, none replaced
 
 
 def test_root_init_imported_as_a_plain_module_registers_nothing_and_does_not_fail():

@@ -2,6 +2,8 @@
 pack's /vsr/preview route) and the compare-slider frame pairs of Save Video and Video Metrics."""
 from __future__ import annotations
 
+import os
+
 import importlib
 import sys
 import types
@@ -87,6 +89,27 @@ def test_preview_request_checks_its_input(folders, tmp_path_factory):
     write_video(outside / "secret.mkv", indexed_frames(3), codec="ffv1", pix_fmt="bgr0")
     with pytest.raises(PermissionError, match="outside the folders"):
         video_nodes.preview_selection({"path": str(outside / "secret.mkv")})
+
+
+def test_preview_errors_show_no_server_paths(folders, tmp_path_factory):
+    """GET /vsr/preview answers anyone who can reach the server: its errors name files relative to
+    ComfyUI's folders, never the folders' absolute paths, a link's real target, or the home folder."""
+    outside = tmp_path_factory.mktemp("private_area")
+    write_video(outside / "secret.mkv", indexed_frames(3), codec="ffv1", pix_fmt="bgr0")
+    (folders / "input" / "link.mkv").symlink_to(outside / "secret.mkv")
+    (folders / "input" / "broken.mkv").write_bytes(b"not a video")
+    queries = [{"video": "link.mkv"}, {"path": "~/secret.mkv"}, {"path": str(outside / "secret.mkv")},
+               {"video": "gone.mp4"}, {"path": "sub/../../x.mkv"}, {"video": "broken.mkv"}]
+    for q in queries:
+        with pytest.raises((ValueError, OSError, RuntimeError)) as err:
+            video_nodes.preview_selection(q)
+        msg = str(err.value).replace(q.get("path", "\0"), "")
+        for private in (str(folders), str(outside), os.path.expanduser("~") + "/"):
+            assert private not in msg, (q, msg)
+    with pytest.raises(PermissionError, match=r"link.mkv \[input\] links to a file outside"):
+        video_nodes.preview_selection({"video": "link.mkv"})
+    with pytest.raises(FileNotFoundError, match=r"gone.mp4 \[input\]"):
+        video_nodes.preview_selection({"video": "gone.mp4"})
 
 
 def test_preview_route_registers_only_inside_a_comfyui_server(monkeypatch):

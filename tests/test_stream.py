@@ -10,8 +10,9 @@ import torch
 
 from vsr_core.flow import VideoFlow, warp
 from vsr_core.io import FrameSelection, load_video, probe, save_video
-from vsr_core.stream import (ChunkBlender, ChunkCarry, StreamPipeline, _DiffusionRunner, _morph, crossfade_weights,
-                             frame_noise, overlapping_chunks, plan_chunks, stream_video)
+from vsr_core.stream import (ChunkBlender, ChunkCarry, StreamPipeline, _DiffusionRunner, _morph,
+                             crossfade_weights, frame_noise, overlapping_chunks, plan_chunks,
+                             stream_video)
 
 LR = (16, 24)
 
@@ -271,6 +272,15 @@ def test_pipeline_errors(models):
         StreamPipeline("satec")
 
 
+def test_propagation_steps_count_from_the_end_and_are_checked_before_any_frame(models):
+    uav = models["upscale_a_video"]
+    pipe = StreamPipeline("upscale_a_video", uav, None, dict(steps=20, propagation_steps=[-6, -4, -2]))
+    assert pipe.settings["propagation_steps"] == [14, 16, 18]
+    assert StreamPipeline("upscale_a_video", uav).settings["propagation_steps"] == []
+    with pytest.raises(ValueError, match="outside 0..19 .*instead: -6,-4,-2"):
+        StreamPipeline("upscale_a_video", uav, None, dict(steps=20, propagation_steps=[24, 26, 28]))
+
+
 def test_mgld_runs_a_clip_shorter_than_its_segment_in_overlap_mode(models):
     from vsr_core.sampling.mgld import sample_mgld
 
@@ -295,6 +305,11 @@ def test_cli_stream(models, clip, tmp_path, capsys):
     rc = main(["stream", str(clip), str(tmp_path / "x.mp4"), "--method", "upscale_a_video", "--model",
                str(models["folders"]["upscale_a_video"]), "--settings", '{"windw": 4}'])
     assert rc == 1 and "unknown upscale_a_video setting" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+    rc = main(["stream", str(clip), str(tmp_path / "x.mp4"), "--method", "upscale_a_video", "--model",
+               str(models["folders"]["upscale_a_video"]), "--steps", "20", "--settings",
+               '{"propagation_steps": [24, 26, 28]}'])
+    assert rc == 1 and "count from the end instead: -6,-4,-2" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
     assert main(["stream", str(clip), str(tmp_path / "l.mp4"), "--frames", "3", "--scale", "2"]) == 0
     assert probe(tmp_path / "l.mp4").width == LR[1] * 2

@@ -20,6 +20,7 @@ from vsr_core.sampling.propagation import (
     LatentPropagation,
     propagate_latents,
     propagation_validity,
+    resolve_propagation_steps,
     uav_latent_flows,
 )
 from vsr_core.sampling.schedulers import make_schedule
@@ -224,3 +225,34 @@ def test_hook_runs_only_at_its_steps_inside_the_generic_loop():
     assert (plain - hooked).abs().max() > 1e-3
     same = sample(denoise, x.clone(), sched, hooks=[LatentPropagation(vf, steps=[])])
     assert torch.equal(plain, same)
+
+
+@pytest.mark.parametrize("given,steps,indices", [
+    ("-6,-4,-2", 30, [24, 26, 28]),  # the published setting, counted from the end
+    ("-6, -4, -2", 20, [14, 16, 18]),  # still the last steps at fewer steps
+    ("24,26,28", 30, [24, 26, 28]),  # loop indices keep their meaning
+    ([28, -2, 24.0], 30, [24, 28]),  # a JSON list; the same step twice counts once
+    (-1, 2, [1]),
+    ("", 5, []),
+])
+def test_propagation_steps_count_from_the_end_like_python_indices(given, steps, indices):
+    assert resolve_propagation_steps(given, steps) == indices
+
+
+def test_out_of_range_propagation_steps_name_the_range_and_the_from_the_end_form():
+    with pytest.raises(ValueError, match=r"24, 26, 28 are outside 0\.\.19 \(or -20\.\.-1 counted from the end\) "
+                                         r"for steps = 20; count from the end instead: -6,-4,-2"):
+        resolve_propagation_steps("24,26,28", 20)
+    with pytest.raises(ValueError, match=r"28 is outside 0\.\.26 .*instead: -6,-4,-2"):
+        resolve_propagation_steps("24,26,28", 27)
+    with pytest.raises(ValueError, match="e.g. -1 for the last step"):  # -6 does not fit 2 steps either
+        resolve_propagation_steps("24,26,28", 2)
+    with pytest.raises(ValueError, match=r"-21 is outside 0\.\.19 \(or -20\.\.-1 counted from the end\) "
+                                         r"for steps = 20$"):
+        resolve_propagation_steps([-21], 20)
+    with pytest.raises(ValueError, match="separated by commas"):
+        resolve_propagation_steps("a,b", 30)
+    with pytest.raises(ValueError, match="whole step numbers"):
+        resolve_propagation_steps([1.5], 30)
+    with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
+        resolve_propagation_steps("-1", 0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pack import comfy_folders, load_pack
 from smoke_models import FAST, write_smoke_models
-from workflow_tools import GRAPHS, build, run_api, to_api, validate
+from workflow_tools import EXAMPLE_VIDEO, GRAPHS, build, run_api, to_api, validate
 
 PACK = load_pack()
 MAPPINGS = PACK.NODE_CLASS_MAPPINGS
@@ -34,6 +34,16 @@ def test_workflow_is_valid_and_up_to_date(path):
         assert model["directory"] == "checkpoints" or model["directory"] in {
             f"vsr_{k}" for k in ("flow", "stablevsr", "upscale_a_video", "mgld", "sd_x4", "upscaler", "satec")}
         assert " " not in model["name"] and model["name"].rsplit(".", 1)[-1] in ("safetensors", "ckpt", "pth", "bin")
+        # a file with a download of its own links to that file (not a repository or model page)
+        if model["url"].startswith("https://huggingface.co/"):
+            assert "/resolve/main/" in model["url"] and model["url"].endswith("/" + model["name"].rsplit("/")[-1])
+        assert not model["url"].startswith("https://github.com/"), model
+    # the dialog shows one entry per URL: every file needs its own
+    urls = [m["url"] for m in wf.get("models", [])]
+    assert len(set(urls)) == len(urls), urls
+    # the loader opens on the clip the pack puts into ComfyUI's input folder, which a new user has
+    loaders = [n for n in wf["nodes"] if n["type"] == "VSR_LoadVideoFrames"]
+    assert loaders and all(n["widgets_values"][0] == EXAMPLE_VIDEO for n in loaders)
 
 
 def test_validator_catches_broken_workflows():
@@ -70,7 +80,7 @@ def test_workflow_runs_on_tiny_models(tmp_path, name):
         write_smoke_models(tmp_path / "models", [name])
         frames = indexed_frames(5, 16, 24)
         frames[..., 0] = torch.linspace(0, 255, 24).to(torch.uint8).numpy()  # some texture for the flow
-        write_video(tmp_path / "input" / "input.mp4", frames, fps=12)
+        write_video(tmp_path / "input" / EXAMPLE_VIDEO, frames, fps=12)
         prompt = to_api(json.loads((WORKFLOWS[0].parent / f"{name}.json").read_text()), MAPPINGS)
         for node in prompt.values():
             node["inputs"].update(FAST.get(node["class_type"], {}))
@@ -90,3 +100,31 @@ def test_workflow_has_a_thumbnail(path):
     assert thumb.is_file(), f"missing {thumb.name}: run tests/e2e/thumbnails.py against a ComfyUI with the pack"
     img = cv2.imread(str(thumb))
     assert img is not None and img.shape[1] >= 512 and img.std() > 5  # a picture, not a blank
+
+
+def test_the_example_clip_reaches_the_input_folder_once_and_never_replaces_a_file(tmp_path, monkeypatch):
+    """Inside ComfyUI the pack copies its bundled clip into the input folder as the name the shipped
+    workflows use; a file of that name (the user's own) is never replaced."""
+    import importlib
+    import sys
+    import types
+
+    adapter = importlib.import_module(f"{PACK.__name__}.nodes.comfy_adapter")
+    assert adapter.EXAMPLE_VIDEO == EXAMPLE_VIDEO
+    fp = types.ModuleType("folder_paths")
+    fp.get_input_directory = lambda: str(tmp_path / "input")
+    fp.get_output_directory = fp.get_temp_directory = lambda: str(tmp_path / "output")
+    for name, mod in {"folder_paths": fp, "comfy": types.ModuleType("comfy"),
+                      "comfy.model_management": types.ModuleType("mm"), "comfy.utils": types.ModuleType("ut")}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    adapter._comfy.cache_clear()
+    try:
+        bundled = adapter.PACK_ROOT / "vsr_core" / "assets" / "demo_coffee_lr.mp4"
+        path = adapter.provide_example_input(bundled)
+        assert path == tmp_path / "input" / EXAMPLE_VIDEO and path.read_bytes() == bundled.read_bytes()
+        assert [p.name for p in (tmp_path / "input").iterdir()] == [EXAMPLE_VIDEO]
+        path.write_bytes(b"the user's own file of that name")
+        assert adapter.provide_example_input(bundled) == path
+        assert path.read_bytes() == b"the user's own file of that name"
+    finally:
+        adapter._comfy.cache_clear()

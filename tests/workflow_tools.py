@@ -18,6 +18,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+EXAMPLE_VIDEO = "vsr_example_coffee.mp4"  # the bundled clip, put into ComfyUI's input folder by the pack
+# model hints (the frontend's missing-models dialog): one direct file URL per file where one exists
+UAV_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1O8pbeR1hsRlFUU8O4EULe-lOKNGEWZl1"
+MGLD_MIRROR = "https://huggingface.co/Iceclear/MGLD-VSR/resolve/main"
+RAFT_THINGS = {"name": "raft-things.pth", "url": f"{MGLD_MIRROR}/raft-things.pth", "directory": "vsr_flow"}
 UI_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
@@ -249,7 +254,7 @@ GRAPHS = {
     "StableVSR": {
         "id": "7d1f3a52-6b0e-4c39-9a5e-2f8f3e6a1b01",
         "nodes": {
-            "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 16}, (0, 0)),
+            "load": ("VSR_LoadVideoFrames", {"video": EXAMPLE_VIDEO, "frame_load_cap": 16}, (0, 0)),
             "model": ("VSR_LoadDiffusionModel", {"model": "stablevsr/StableVSR"}, (0, 600)),
             "bicubic": ("VSR_VideoUpscaler", {"scale": 4, "method": "bicubic"}, (380, 0)),
             "flow": ("VSR_FlowGuidance", {"raft_convention": "stablevsr"}, (760, 0)),
@@ -294,11 +299,11 @@ GRAPHS = {
 GRAPHS["UpscaleAVideo"] = {
     "id": "3b9e5c1d-8a47-4f0e-b6d2-51c7a0e9f302",
     "nodes": {
-        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 16}, (0, 0)),
+        "load": ("VSR_LoadVideoFrames", {"video": EXAMPLE_VIDEO, "frame_load_cap": 16}, (0, 0)),
         "model": ("VSR_LoadDiffusionModel", {"model": "upscale_a_video/upscale_a_video"}, (0, 600)),
         "flow": ("VSR_FlowGuidance", {"raft_convention": "uav", "occlusion": "uav"}, (380, 0)),
         "lr": ("VSR_LatentEncoderLR", {"noise_level": 120}, (380, 300)),
-        "sampler": ("VSR_UpscaleAVideoSampler", {"steps": 30, "seed": 10, "propagation_steps": "24,26,28"},
+        "sampler": ("VSR_UpscaleAVideoSampler", {"steps": 30, "seed": 10, "propagation_steps": "-6,-4,-2"},
                     (760, 200)),
         "decode": ("VSR_TemporalVAEDecode", {"mode": "auto"}, (1140, 200)),
         "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/UpscaleAVideo"}, (1520, 200)),
@@ -318,22 +323,23 @@ GRAPHS["UpscaleAVideo"] = {
         ("load", 0, "save", "compare_with"),
     ],
     "models": [
-        *[{"name": f"upscale_a_video/{f}",
-           "url": "https://drive.google.com/drive/folders/1O8pbeR1hsRlFUU8O4EULe-lOKNGEWZl1",
-           "directory": "vsr_upscale_a_video"} for f in ("unet/unet_video.bin", "vae/vae_video.bin", "vae/vae_3d.bin")],
-        {"name": "raft-things.pth", "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr_flow"},
+        # the weights exist only as a Google Drive folder: one entry per file (the dialog merges entries that share
+        # a URL, so each names its file in the fragment); the note and README say where the folder goes
+        *[{"name": f"upscale_a_video/{f}", "url": f"{UAV_DRIVE_FOLDER}#{f}", "directory": "vsr_upscale_a_video"}
+          for f in ("unet/unet_video.bin", "vae/vae_video.bin", "vae/vae_3d.bin")],
+        RAFT_THINGS,
     ],
     "notes": [("Upscale-A-Video (Zhou et al., CVPR 2024; weights non-commercial, S-Lab License). Put the official "
-               "pretrained_models/upscale_a_video folder in ComfyUI/models/vsr/upscale_a_video/. Flow is computed on "
-               "the LR frames (RAFT with the 'uav' convention is the published setting). noise_level 120, CFG 6, 30 "
-               "steps as the official CLI; propagation at steps 24,26,28 as in its README examples.", (0, 860))],
+               "pretrained_models/upscale_a_video folder (a Google Drive folder: the missing-models dialog cannot "
+               "fetch it) in ComfyUI/models/vsr/upscale_a_video/. Flow is computed on the LR frames (RAFT with the 'uav' convention is the published setting). noise_level 120, CFG 6, 30 "
+               "steps as the official CLI; propagation at the steps -6,-4,-2 counted from the end (24, 26, 28 of 30, as in its README examples).", (0, 860))],
 }
 
 
 GRAPHS["MGLD"] = {
     "id": "c5a0e7f4-2d91-4b63-8e1f-9a4d6b2c7e03",
     "nodes": {
-        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 15}, (0, 0)),
+        "load": ("VSR_LoadVideoFrames", {"video": EXAMPLE_VIDEO, "frame_load_cap": 15}, (0, 0)),
         "model": ("VSR_LoadDiffusionModel", {"model": "mgld/MGLD"}, (0, 600)),
         "flow": ("VSR_FlowGuidance", {"raft_convention": "mgld", "occlusion": "mgld"}, (380, 0)),
         "sampler": ("VSR_MGLDSampler", {"steps": 50, "seed": 42}, (760, 200)),
@@ -353,11 +359,9 @@ GRAPHS["MGLD"] = {
         ("load", 0, "save", "compare_with"),
     ],
     "models": [
-        {"name": "MGLD/mgldvsr_unet.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
-         "directory": "vsr_mgld"},
-        {"name": "MGLD/video_vae_cfw.ckpt", "url": "https://huggingface.co/Iceclear/MGLD-VSR",
-         "directory": "vsr_mgld"},
-        {"name": "raft-things.pth", "url": "https://github.com/princeton-vl/RAFT", "directory": "vsr_flow"},
+        *[{"name": f"MGLD/{f}", "url": f"{MGLD_MIRROR}/{f}", "directory": "vsr_mgld"}
+          for f in ("mgldvsr_unet.ckpt", "video_vae_cfw.ckpt")],
+        RAFT_THINGS,
     ],
     "notes": [("MGLD (Yang et al., ECCV 2024; weights non-commercial, S-Lab License). Put mgldvsr_unet.ckpt and "
                "video_vae_cfw.ckpt (official release: BaiduNetDisk/OneDrive links in github.com/IanYeung/MGLD-VSR; "
@@ -370,7 +374,7 @@ GRAPHS["MGLD"] = {
 GRAPHS["SATeCo"] = {
     "id": "9e4b1c27-3d5a-4f86-b0c1-7a2e5d8f6b04",
     "nodes": {
-        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 12, "resize": "multiple_of_8"},
+        "load": ("VSR_LoadVideoFrames", {"video": EXAMPLE_VIDEO, "frame_load_cap": 12, "resize": "multiple_of_8"},
                  (0, 0)),
         "upscale": ("VSR_VideoUpscaler", {"scale": 4, "method": "learned"}, (380, 0)),
         "model": ("VSR_LoadSATeCo", {"base": "checkpoints/v2-1_768-ema-pruned.safetensors",
@@ -410,7 +414,7 @@ GRAPHS["SATeCo"] = {
 GRAPHS["QuickStart"] = {
     "id": "5c2a7e90-1f3b-4d68-8e0a-9b4d2c6f7a03",
     "nodes": {
-        "load": ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 0}, (0, 0)),
+        "load": ("VSR_LoadVideoFrames", {"video": EXAMPLE_VIDEO, "frame_load_cap": 0}, (0, 0)),
         "upscale": ("VSR_VideoUpscaler", {"scale": 4, "method": "learned"}, (380, 0)),
         "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/QuickStart"}, (760, 0)),
     },

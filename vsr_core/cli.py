@@ -8,11 +8,15 @@
     python -m vsr_core convert mgldvsr_unet.ckpt       # one-time safe .ckpt -> .safetensors
     python -m vsr_core train-upscaler [--steps N]      # (re)train the learned upscaler; rerun resumes
     python -m vsr_core train-satec --stage 2 --data CLIPS --base SD2.safetensors [--dry-run]
+
+An existing output is never replaced unless asked: ``--overwrite`` (``-y``), and then only once the new one is
+complete. The check runs before any work, so an hour of compute never ends in a refusal.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,12 +60,29 @@ def _paths_ok(src: Path, dst: Path) -> bool:
     return True
 
 
+def _outputs_free(args, *paths, held: str = "") -> bool:
+    """Whether the outputs may be written: each path (None: none) is free, or ``--overwrite`` was given;
+    otherwise one line on stderr. ``held``: what the file already holds when that, not its existence, is what
+    would be replaced (a SATeCo stage's part)."""
+    if args.overwrite:
+        return True
+    for path in paths:
+        if path is not None and os.path.lexists(path):
+            print(f"error: {path} already {held or 'exists'}; use --overwrite (-y) to replace it", file=sys.stderr)
+            return False
+    return True
+
+
+def _on_exists(args) -> str:
+    return "replace" if args.overwrite else "error"
+
+
 def cmd_upscale(args) -> int:
     from .io import FrameSelection, format_for_path
     from .upscale import upscale_file
 
     src, dst = Path(args.input), Path(args.output)
-    if not _paths_ok(src, dst):
+    if not _paths_ok(src, dst) or not _outputs_free(args, dst, args.compare):
         return 2
     sel = FrameSelection(skip_first=args.skip, nth=args.nth, cap=args.frames)
     report, close = _progress_bar(f"upscale x{args.scale} ({args.method})")
@@ -70,7 +91,8 @@ def cmd_upscale(args) -> int:
         out = upscale_file(src, dst, scale=args.scale, method=args.method, selection=sel, chunk=args.chunk,
                            fmt=args.format or format_for_path(dst), crf=args.crf, pix_fmt=args.pix_fmt, device=_resolve_device(args.device),
                            compare_png=args.compare, keep_audio=not args.no_audio, progress=report,
-                           weights=getattr(args, "weights", None), tile=getattr(args, "tile", 0))
+                           weights=getattr(args, "weights", None), tile=getattr(args, "tile", 0),
+                           on_exists=_on_exists(args))
     finally:
         close()
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s" + (f"; comparison: {args.compare}" if args.compare else ""))
@@ -84,7 +106,7 @@ def cmd_stream(args) -> int:
     from .stream import DIFFUSION_METHODS, StreamPipeline, raft_convention, stream_video
 
     src, dst = Path(args.input), Path(args.output)
-    if not _paths_ok(src, dst):
+    if not _paths_ok(src, dst) or not _outputs_free(args, dst):
         return 2
     device = _resolve_device(args.device)
     model, settings = None, {}
@@ -117,7 +139,8 @@ def cmd_stream(args) -> int:
     try:
         out = stream_video(src, dst, pipe, sel, scale=args.scale, chunk=args.chunk, overlap=args.overlap,
                            blend=args.blend, fmt=args.format or format_for_path(dst), crf=args.crf,
-                           pix_fmt=args.pix_fmt, keep_audio=not args.no_audio, device=device, progress=report)
+                           pix_fmt=args.pix_fmt, keep_audio=not args.no_audio, device=device, progress=report,
+                           on_exists=_on_exists(args))
     finally:
         close()
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
@@ -130,7 +153,7 @@ def cmd_demo(args) -> int:
     ns = argparse.Namespace(input=str(DEMO_CLIP), output=str(out_dir / "demo_x4.mp4"), scale=4, method=args.method,
                             frames=0, skip=0, nth=1, chunk=0, format=None, crf=17, pix_fmt=None,
                             device=args.device, compare=str(out_dir / "demo_compare.png"), no_audio=False,
-                            weights=None, tile=0)
+                            weights=None, tile=0, overwrite=args.overwrite)
     print(f"Upscaling the bundled clip {DEMO_CLIP.name} x4 with '{args.method}' -> {out_dir}/")
     return cmd_upscale(ns)
 
@@ -145,11 +168,13 @@ def cmd_render(args) -> int:
     if img is None:
         print(f"error: cannot read image {args.image}", file=sys.stderr)
         return 2
+    if not _outputs_free(args, args.output, args.hr):
+        return 2
     h, w = (int(v) for v in args.size.lower().split("x"))
     hr, lr = make_clip(img[..., ::-1].copy(), args.frames, (h, w), args.scale, args.motion, args.amplitude, args.seed)
-    save_video(lr, args.output, args.fps, fmt=format_for_path(args.output), crf=args.crf)
+    save_video(lr, args.output, args.fps, fmt=format_for_path(args.output), crf=args.crf, on_exists=_on_exists(args))
     if args.hr:
-        save_video(hr, args.hr, args.fps, fmt=format_for_path(args.hr), crf=args.crf)
+        save_video(hr, args.hr, args.fps, fmt=format_for_path(args.hr), crf=args.crf, on_exists=_on_exists(args))
     print(f"wrote {args.output} ({lr.shape[0]} frames, {lr.shape[2]}x{lr.shape[1]})")
     return 0
 
@@ -157,8 +182,40 @@ def cmd_render(args) -> int:
 def cmd_convert(args) -> int:
     from .loaders.mgld import convert_to_safetensors
 
-    out = convert_to_safetensors(args.input, args.output)
+    src = Path(args.input)
+    out = Path(args.output) if args.output else src.with_suffix(".safetensors")
+    if out.resolve() != src.resolve() and not _outputs_free(args, out):  # the same path: convert's own error
+        return 2
+    out = convert_to_safetensors(src, out, on_exists=_on_exists(args))
     print(f"wrote {out} (tensors only; the loaders prefer it to the pickle beside it)")
+    return 0
+
+
+def cmd_train_upscaler(args) -> int:
+    from .training.upscaler import config_from_args, train
+
+    cfg = config_from_args(args)
+    if not _outputs_free(args, cfg.out_path):
+        return 2
+    train(cfg, restart=args.restart, on_exists=_on_exists(args))
+    return 0
+
+
+def cmd_train_satec(args) -> int:
+    import numpy as np
+
+    from .training.satec import config_from_args, dry_run, existing_export, train_stage
+
+    cfg = config_from_args(args)
+    if args.dry_run:
+        print(json.dumps(dry_run(cfg), indent=2))
+        return 0
+    held = "" if cfg.stage == 1 else f"holds stage {cfg.stage} ({cfg.part})"
+    if not _outputs_free(args, existing_export(cfg), held=held):
+        return 2
+    report = train_stage(cfg, restart=args.restart, on_exists=_on_exists(args))
+    print(f"stage {cfg.stage} ({cfg.part}): {report['steps']} steps, final loss "
+          f"{np.mean(report['losses'][-50:]):.4f} -> {report['file']}")
     return 0
 
 
@@ -167,6 +224,11 @@ def cmd_probe(args) -> int:
 
     print(json.dumps(probe(args.input).to_dict(), indent=2))
     return 0
+
+
+def _overwrite_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-y", "--overwrite", action="store_true",
+                   help="replace an existing output (atomically: the old one stays until the new one is complete)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     u.add_argument("--compare", default=None, help="also write a 'bicubic | result' PNG of the middle frame")
     u.add_argument("--no-audio", action="store_true")
+    _overwrite_flag(u)
     u.set_defaults(func=cmd_upscale)
 
     from .speed import SPEED_PRESETS
@@ -216,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's published)")
     st.add_argument("--seed", type=int, default=None)
     st.add_argument("--settings", default="", help='more sampler settings as JSON, e.g. \'{"propagation_steps": '
-                    '[24, 26, 28]}\'')
+                    '[-6, -4, -2]}\'')
     st.add_argument("--scale", type=int, default=4, choices=(2, 4), help="upscalers only (diffusion is x4)")
     st.add_argument("--weights", default=None, help="learned: a weights file of your own")
     st.add_argument("--tile", type=int, default=0, help="learned: LR tile side (0 = whole frames)")
@@ -233,12 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pix-fmt", dest="pix_fmt", default=None)
     st.add_argument("--device", default="auto")
     st.add_argument("--no-audio", action="store_true")
+    _overwrite_flag(st)
     st.set_defaults(func=cmd_stream)
 
     d = sub.add_parser("demo", help="upscale the bundled demo clip x4 (mp4 + comparison PNG)")
     d.add_argument("--out", default="out")
     d.add_argument("--method", default="learned", choices=UPSCALE_METHODS)
     d.add_argument("--device", default="auto")
+    _overwrite_flag(d)
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("render", help="render a clip with known ground truth: a virtual camera over a photo")
@@ -253,23 +318,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fps", type=float, default=24.0)
     r.add_argument("--crf", type=int, default=10)
+    _overwrite_flag(r)
     r.set_defaults(func=cmd_render)
 
     cv = sub.add_parser("convert", help="convert a Lightning .ckpt (MGLD) to .safetensors, once, safely")
     cv.add_argument("input")
     cv.add_argument("output", nargs="?", default=None, help="default: the input name with .safetensors")
+    _overwrite_flag(cv)
     cv.set_defaults(func=cmd_convert)
 
     t = sub.add_parser("train-upscaler", help="train the learned video upscaler (resumable; see vsr_core/training)")
-    from .training.upscaler import add_arguments, main_from_args
+    from .training.upscaler import add_arguments
     add_arguments(t)
-    t.set_defaults(func=main_from_args)
+    _overwrite_flag(t)
+    t.set_defaults(func=cmd_train_upscaler)
 
     ts = sub.add_parser("train-satec", help="train one SATeCo stage on a folder of HR clips (resumable; --dry-run "
                         "checks data and memory first)")
-    from .training.satec import add_arguments as satec_arguments, main_from_args as satec_main
+    from .training.satec import add_arguments as satec_arguments
     satec_arguments(ts)
-    ts.set_defaults(func=satec_main)
+    _overwrite_flag(ts)
+    ts.set_defaults(func=cmd_train_satec)
 
     pr = sub.add_parser("probe", help="print a video's metadata as JSON")
     pr.add_argument("input")

@@ -101,6 +101,11 @@ class StreamPipeline:
             if unknown:
                 raise ValueError(f"unknown {self.method} setting(s) {unknown}; known: {sorted(known)}")
             self.settings = {**known, **{k: v for k, v in self.settings.items() if v is not None}}
+            if "propagation_steps" in known:  # refused here, before a frame is read; -1 = the last step
+                from .sampling.propagation import resolve_propagation_steps
+
+                self.settings["propagation_steps"] = resolve_propagation_steps(self.settings["propagation_steps"],
+                                                                               self.settings["steps"])
         elif self.settings:
             raise ValueError(f"the {self.method} upscaler takes no sampler settings, got {sorted(self.settings)}")
 
@@ -448,7 +453,7 @@ class _DiffusionRunner:
         n, (h, w) = cond.num_frames, cond.latent_size
         cond.noise = self._seeded(start, n, (3, h, w), 1)
         hooks = [hook]
-        prop = [int(p) for p in s["propagation_steps"]]
+        prop = s["propagation_steps"]  # loop indices, resolved by StreamPipeline
         if prop and n > 1:  # after the anchoring, so the carried latents propagate into the new frames
             hooks.append(LatentPropagation(self.flows.flows(lr, start), prop))
         pos, neg = self._prompt()
@@ -480,8 +485,11 @@ def stream_video(src: str | os.PathLike, dst: str | os.PathLike, pipeline: Strea
                  selection: FrameSelection = FrameSelection(), scale: int = 4, chunk: int = 0, overlap: int = -1,
                  blend: str = "flow", fmt: str = "mp4 (h264)", crf: int = 17, pix_fmt: str | None = None,
                  keep_audio: bool = True, device: str | torch.device = "cpu", metadata: dict | None = None,
-                 size: tuple[int, int] | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
+                 size: tuple[int, int] | None = None, progress: Callable[[int, int], None] | None = None,
+                 on_exists="error") -> Path:
     """Upscale the selected frames of ``src`` into ``dst`` chunk by chunk with ``pipeline``.
+
+    on_exists: when ``dst`` is taken, see :class:`vsr_core.io.video.VideoWriter` (never replaced by default).
 
     chunk: frames per chunk (0 = :func:`auto_chunk_frames`); overlap: frames shared by neighbouring
     chunks (-1 = :func:`default_overlap`); blend: ``"flow"`` (flow-aligned crossfade) or ``"hann"``.
@@ -496,7 +504,7 @@ def stream_video(src: str | os.PathLike, dst: str | os.PathLike, pipeline: Strea
         return upscale_file(src, dst, scale=scale, method=pipeline.method, selection=selection, chunk=chunk,
                             fmt=fmt, crf=crf, pix_fmt=pix_fmt, device=device, keep_audio=keep_audio,
                             progress=progress, weights=pipeline.weights, tile=pipeline.tile, size=size,
-                            metadata=metadata)
+                            metadata=metadata, on_exists=on_exists)
     if scale != 4:
         raise ValueError(f"{pipeline.method} upscales x4; scale={scale} is only for the upscalers")
     if blend not in BLEND_MODES:
@@ -518,7 +526,7 @@ def stream_video(src: str | os.PathLike, dst: str | os.PathLike, pipeline: Strea
     runner = _DiffusionRunner(pipeline)
     blender = ChunkBlender(blend, pipeline.engine() if blend == "flow" else None)
     written = 0
-    with VideoWriter(dst, fps, fmt, crf, pix_fmt, audio, metadata) as writer:
+    with VideoWriter(dst, fps, fmt, crf, pix_fmt, audio, metadata, on_exists=on_exists) as writer:
         frames = iter_frames(src, selection, chunk=min(chunk, 16), size=size, info=info)
         for k, (start, lr, last) in enumerate(overlapping_chunks(frames, chunk, overlap)):
             stop = start + lr.shape[0]

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
+from .io import FrameSelection, OutputExistsError, VideoWriter, iter_frames, load_audio, probe
 from .io.frames import check_image
+from .io.video import write_file
 
 UPSCALE_METHODS = ("learned", "bicubic", "lanczos")
 
@@ -217,14 +218,19 @@ def upscale_file(src: str | os.PathLike, dst: str | os.PathLike, scale: int = 4,
                  crf: int = 17, pix_fmt: str | None = None, device: str | torch.device = "cpu",
                  compare_png: str | os.PathLike | None = None, compare_index: int | None = None,
                  keep_audio: bool = True, progress=None, weights: str | os.PathLike | None = None,
-                 tile: int = 0, size: tuple[int, int] | None = None, metadata: dict | None = None) -> Path:
+                 tile: int = 0, size: tuple[int, int] | None = None, metadata: dict | None = None,
+                 on_exists="error") -> Path:
     """Upscale a video file to another, streaming: memory is bounded by one chunk, not by the length.
 
     Audio (aligned with the selected frames) is carried over. ``compare_png``: also write a
     ``bicubic | result`` comparison of one frame (the middle one by default). ``progress``: optional
     callable ``(done, total)``. size: ``(H, W)`` to resize the input to first (None = source size);
-    metadata: container tags. Returns the output path; nothing appears there unless the run completes.
+    metadata: container tags. on_exists: when ``dst`` (or ``compare_png``) is taken, see :class:`VideoWriter`.
+    Returns the output path; nothing appears there (nor the comparison) unless the run completes.
     """
+    if compare_png is not None and on_exists == "error" and os.path.lexists(compare_png):  # refuse before any work
+        raise OutputExistsError(f"{compare_png} already exists: nothing was written. Choose another name, or ask "
+                                "to replace it.")
     info = probe(src)
     total = selection.count(info.num_frames)
     if total == 0:
@@ -238,28 +244,29 @@ def upscale_file(src: str | os.PathLike, dst: str | os.PathLike, scale: int = 4,
         start = selection.skip_first / info.fps if info.fps else 0.0
         audio = load_audio(src, start=start, duration=total / fps if fps else None)
     compare_index = total // 2 if compare_index is None else compare_index
-    done = 0
-    with VideoWriter(dst, fps, fmt, crf, pix_fmt, audio, metadata) as writer:
+    done, compare = 0, None
+    with VideoWriter(dst, fps, fmt, crf, pix_fmt, audio, metadata, on_exists=on_exists) as writer:
         r = radius_of(fn)
         for window, n in stream_windows(iter_frames(src, selection, chunk=chunk, size=size, info=info), r):
             up = fn(window)
             writer.write(up)
             if compare_png is not None and done <= compare_index < done + n:
                 i = r + compare_index - done
-                _write_png(compare_png, side_by_side(bicubic(window[i:i + 1], scale)[0], up[i - r], ("bicubic", method)))
+                compare = side_by_side(bicubic(window[i:i + 1], scale)[0], up[i - r], ("bicubic", method))
             done += n
             if progress is not None:
                 progress(done, max(total, done))
+    if compare is not None:  # written with the video, not before it: an interrupted run replaces neither
+        _write_png(compare_png, compare, on_exists)
     return writer.path
 
 
-def _write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write a PNG atomically (temporary name, then rename)."""
+def _write_png(path: str | os.PathLike, rgb: np.ndarray, on_exists="error") -> None:
+    """Write a PNG atomically, replacing an existing file only when ``on_exists == "replace"``
+    (else ``FileExistsError``)."""
     import cv2
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
+            raise OSError(f"could not write {path}")
+    write_file(path, write, "replace" if on_exists == "replace" else "error")

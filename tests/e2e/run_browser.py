@@ -90,6 +90,56 @@ PREVIEWS = """
 """
 
 
+# the pack's text widgets as drawn: does each box hold its text? ``own``: the element's own box is tall enough for
+# its content (layout px); ``seen``: the part of it that no clipping ancestor (the node, the canvas) cuts off,
+# as a fraction of its drawn height. The classic canvas gives a DOM widget only the height it asked for.
+BOXES = """
+() => [...document.querySelectorAll('.vsr-progress, .vsr-preview-caption, pre.vsr-metrics, .vsr-compare-caption')]
+  .filter((e) => getComputedStyle(e).display !== 'none' && e.textContent.trim() && e.closest('.vsr-preview, '
+    + '.vsr-compare, .vsr-progress, .vsr-metrics')?.offsetParent !== null)
+  .map((e) => {
+    const r = e.getBoundingClientRect();
+    let top = r.top, bottom = r.bottom;
+    for (let p = e.parentElement; p; p = p.parentElement) {
+      if (getComputedStyle(p).overflow === 'visible') continue;
+      const q = p.getBoundingClientRect();
+      top = Math.max(top, q.top); bottom = Math.min(bottom, q.bottom);
+    }
+    const lines = Math.round(e.scrollHeight / (parseFloat(getComputedStyle(e).lineHeight) || 16));
+    return {kind: e.className, text: e.textContent, height: e.clientHeight, needed: e.scrollHeight, lines,
+            own: e.clientHeight > 0 && e.clientHeight + 1 >= e.scrollHeight,
+            seen: r.height > 0 ? Math.max(0, bottom - top) / r.height : 0};
+  })
+"""
+
+# a Video Metrics node showing the six lines of a run with a reference flow (what the node's onExecuted shows)
+METRICS_PROBE = """
+async (text) => {
+  const app = window.app ?? window.comfyAPI?.app?.app;
+  const node = LiteGraph.createNode('VSR_VideoMetrics');
+  node.pos = [40, 40];
+  app.graph.add(node);
+  node.onExecuted({text: [text]});
+  app.graph.setDirtyCanvas(true, true);
+  return node.id;
+}
+"""
+METRICS_TEXT = "\n".join(["PSNR RGB (dB): 31.2047", "PSNR Y (dB): 32.9815", "SSIM RGB: 0.9123", "SSIM Y: 0.9301",
+                          "warping error (x255): 3.1416", "warping error of the reference: 2.7183"])
+
+
+def metrics_boxes(page) -> list[dict]:
+    """Add a Video Metrics node showing six lines of figures; return the pack's text boxes as drawn."""
+    page.evaluate(METRICS_PROBE, METRICS_TEXT)
+    try:
+        page.wait_for_function("(t) => [...document.querySelectorAll('pre.vsr-metrics')].some((e) => "
+                               "e.textContent === t && e.clientHeight > 0)", arg=METRICS_TEXT, timeout=10_000)
+    except Exception:
+        pass
+    page.wait_for_timeout(500)
+    return [b for b in page.evaluate(BOXES) if "vsr-metrics" in b["kind"]]
+
+
 def wait_for_previews(page, timeout_ms: int = 30_000) -> dict:
     """The widgets' state once every loader preview has settled (shown or failed)."""
     try:
@@ -98,7 +148,8 @@ def wait_for_previews(page, timeout_ms: int = 30_000) -> dict:
             " > 0 || e.textContent.includes('⚠'))", timeout=timeout_ms)
     except Exception:  # report what is there; the caller's assertions say what is missing
         pass
-    return page.evaluate(PREVIEWS)
+    page.wait_for_timeout(300)
+    return {**page.evaluate(PREVIEWS), "boxes": page.evaluate(BOXES)}
 
 
 def _queue_and_wait(page, missing: list, timeout: float, result: dict) -> None:
@@ -140,6 +191,9 @@ def _queue_and_wait(page, missing: list, timeout: float, result: dict) -> None:
         "() => [...document.querySelectorAll('pre.vsr-metrics')].map((e) => e.textContent)")
     result["progress_text"] = page.evaluate(
         "() => [...document.querySelectorAll('div.vsr-progress')].map((e) => e.textContent).filter(Boolean)")
+    page.wait_for_timeout(300)  # one more frame for the canvas to lay out the grown nodes
+    result["after_run"]["boxes"] = page.evaluate(BOXES)
+    result["metrics_boxes"] = metrics_boxes(page)
 
 
 def run(url: str, workflow: Path, overrides: list[tuple[str, str, object]], timeout: float,
@@ -169,6 +223,9 @@ def run(url: str, workflow: Path, overrides: list[tuple[str, str, object]], time
                 "&& n.vsrPreviewInfo?.name === name)", arg=Path(upload).name, timeout=60_000)
         result = {"workflow": workflow.name, "vue": vue, "before_run": wait_for_previews(page)}
         result["missing"] = missing
+        # what the frontend's missing-models dialog (fed by the workflow's model hints) shows on opening
+        result["dialogs_on_load"] = page.evaluate(
+            "() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")
         if queue:
             _queue_and_wait(page, missing, timeout, result)
         if screenshot:

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,16 +53,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _start_comfyui(root: Path, models: bool):
+    """A ComfyUI server on a free port with the pack, input/output/temp folders under ``root`` and (``models``)
+    the smoke model set; yields (url, root) and stops it afterwards."""
     from media import indexed_frames, write_video
     from smoke_models import write_smoke_models
 
-    root = tmp_path_factory.mktemp("comfy")
     for d in ("input", "output", "temp", "models", "packs"):
         (root / d).mkdir()
     (root / "packs" / "ComfyUI-DiffusionVSR").symlink_to(REPO, target_is_directory=True)
-    write_smoke_models(root / "models")
+    if models:
+        write_smoke_models(root / "models")
     kinds = ("stablevsr", "upscale_a_video", "mgld", "flow", "upscaler", "satec")
     yaml = ["diffusion_vsr_e2e:", f"    custom_nodes: {root / 'packs'}", f"    checkpoints: {root / 'models' / 'checkpoints'}"]
     yaml += [f"    vsr_{k}: {root / 'models' / 'vsr' / k}" for k in kinds]
@@ -97,6 +99,17 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _start_comfyui(tmp_path_factory.mktemp("comfy"), models=True)
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    """A new user's ComfyUI: the pack installed, no model files."""
+    yield from _start_comfyui(tmp_path_factory.mktemp("comfy_bare"), models=False)
 
 
 def test_pack_imports_without_failure(server):
@@ -162,6 +175,118 @@ def test_shipped_workflow_runs_in_the_browser(server, workflow, renderer):
     assert any(item["filename"] in src for src in result["after_run"]["videos"]), result["after_run"]
     (compare,) = result["after_run"]["compare"]
     assert compare["shown"] and compare["a"] == compare["b"] == 192 and compare["labels"] == ["input", "output"]
+    # every text the pack draws on a node is whole in its drawn box (the classic canvas clipped the progress
+    # line to ~3 px, hid the loader's caption and cut the metrics' last line)
+    _assert_boxes_hold_their_text(result["before_run"]["boxes"], {"vsr-preview-caption"})
+    _assert_boxes_hold_their_text(result["after_run"]["boxes"], {"vsr-preview-caption", "vsr-progress",
+                                                                 "vsr-compare-caption"})
+    (metrics,) = result["metrics_boxes"]
+    assert metrics["text"].endswith("warping error of the reference: 2.7183")
+    _assert_boxes_hold_their_text([metrics], {"vsr-metrics"})
+
+
+def _assert_boxes_hold_their_text(boxes: list[dict], kinds: set[str]) -> None:
+    assert kinds <= {k for b in boxes for k in b["kind"].split()}, (kinds, boxes)
+    for b in boxes:
+        assert b["own"] and b["height"] >= 12, f"{b['kind']} box is {b['height']} px for {b['needed']} px: {b}"
+        assert b["seen"] > 0.99, f"{b['kind']} is cut off on the canvas: {b}"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_a_new_user_opens_each_workflow_on_a_clip_and_sees_every_missing_file(bare_server, workflow):
+    """No weights installed: the missing-models dialog lists every file the workflow needs (one entry each),
+    and the loader already previews the example clip the pack put into the input folder (no 'not found')."""
+    url, root = bare_server
+    result = _browser(url, workflow, [], "--no-queue")
+    assert (root / "input" / "vsr_example_coffee.mp4").is_file()
+    (preview,) = result["before_run"]["preview"]
+    assert preview["shown"] and preview["width"] > 0 and "⚠" not in preview["caption"], preview
+    hinted = json.loads(workflow.read_text()).get("models", [])
+    dialog = "\n".join(result["dialogs_on_load"])
+    for model in hinted:
+        assert f"{model['directory']} / {model['name']}" in dialog, (model, dialog)
+    assert "Invalid directory" not in dialog
+
+
+def _object_info(url: str, node: str) -> dict:
+    return json.load(urllib.request.urlopen(f"{url}/object_info/{node}"))[node]
+
+
+def _api_prompt(url: str, nodes: dict) -> str:
+    """Queue an API prompt of ``{id: (class_type, inputs)}`` with every other widget at its default; the id."""
+    prompt = {}
+    for nid, (cls, inputs) in nodes.items():
+        spec = _object_info(url, cls)["input"]["required"]
+        full = {k: v[1]["default"] for k, v in spec.items() if len(v) > 1 and "default" in v[1]}
+        full.update({k: v[0][0] for k, v in spec.items() if isinstance(v[0], list) and k not in full and v[0]})
+        prompt[nid] = {"class_type": cls, "inputs": {**full, **inputs}}
+    req = urllib.request.Request(url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))["prompt_id"]
+
+
+def _wait(url: str, pid: str, timeout: float = 300) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        hist = json.load(urllib.request.urlopen(f"{url}/history/{pid}"))
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            return hist[pid]
+        time.sleep(1)
+    pytest.fail(f"prompt {pid} did not finish")
+
+
+def test_runs_to_one_prefix_never_overwrite_each_other(server):
+    """Save Video twice and Stream Upscale once to one prefix, in the real ComfyUI (core's folder_paths
+    counter): three files (before, one: each run replaced the last)."""
+    url, root = server
+    load = ("VSR_LoadVideoFrames", {"video": "input.mp4", "frame_load_cap": 2})
+    for cap in (2, 3):  # different inputs: the save node runs again
+        save = ("VSR_SaveVideo", {"images": ["1", 0], "fps": 12.0, "filename_prefix": "VSR/twice"})
+        entry = _wait(url, _api_prompt(url, {"1": (load[0], {**load[1], "frame_load_cap": cap}), "2": save}))
+        assert entry["status"]["status_str"] == "success", entry["status"]
+    entry = _wait(url, _api_prompt(url, {"1": ("VSR_StreamUpscaleVideo", {
+        "method": "bicubic", "video": "input.mp4", "scale": 2, "filename_prefix": "VSR/twice"})}))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert sorted(p.name for p in (root / "output" / "VSR").glob("twice_*")) == [
+        "twice_00001.mp4", "twice_00002.mp4", "twice_00003.mp4"]
+
+
+def test_the_server_reveals_no_paths_outside_its_folders(server, tmp_path):
+    """A LAN client asking for a preview of a link to a private file, or of a path under ~, learns neither
+    the server's folders nor the link's target, and the node's file list does not offer the link."""
+    url, root = server
+    secret = tmp_path / "private_area" / "secret.mp4"
+    secret.parent.mkdir()
+    shutil.copy(root / "input" / "input.mp4", secret)
+    link = root / "input" / "innocent.mp4"
+    link.symlink_to(secret)
+    try:
+        assert "innocent.mp4" not in _object_info(url, "VSR_LoadVideoFrames")["input"]["required"]["video"][0]
+        for query in ("video=innocent.mp4", "path=~/secret.mp4", f"path={secret}", "video=gone.mp4"):
+            try:
+                urllib.request.urlopen(f"{url}/vsr/preview?{query}")
+                pytest.fail(f"{query} was served")
+            except urllib.error.HTTPError as e:
+                assert e.code == 400
+                error = json.loads(e.read())["error"]
+            for private in (str(root), str(tmp_path), os.path.expanduser("~") + "/"):
+                assert private not in error.replace(str(secret), ""), (query, error)
+        # the stream node refuses the link when the prompt is queued, once, on `path`
+        req = urllib.request.Request(url + "/prompt", headers={"Content-Type": "application/json"}, data=json.dumps(
+            {"prompt": {"1": {"class_type": "VSR_StreamUpscaleVideo", "inputs": {
+                **{k: v[1]["default"] for k, v in _object_info(url, "VSR_StreamUpscaleVideo")["input"]["required"]
+                   .items() if len(v) > 1 and "default" in v[1]},
+                "video": "input.mp4", "path": "innocent.mp4", "method": "bicubic"}}}}).encode())
+        try:
+            urllib.request.urlopen(req)
+            pytest.fail("the prompt was accepted")
+        except urllib.error.HTTPError as e:
+            errors = json.loads(e.read())["node_errors"]["1"]["errors"]
+        assert [e["extra_info"]["input_name"] for e in errors] == ["path"], errors
+        assert "innocent.mp4 [input] links to a file outside" in errors[0]["details"]
+        assert str(secret) not in errors[0]["details"] and str(root) not in errors[0]["details"]
+    finally:
+        link.unlink()
 
 
 def test_loader_upload_button_and_preview_follow_the_selection(server, tmp_path):

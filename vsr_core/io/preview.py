@@ -62,7 +62,7 @@ def selection_preview(src: str | os.PathLike, selection: FrameSelection, cache_d
     fps = info.fps / selection.nth if info.fps else 24.0
     cache.mkdir(parents=True, exist_ok=True)
     shown = 0
-    with VideoWriter(target, fps, fmt="mp4 (h264)", crf=26, pix_fmt="yuv420p") as w:
+    with VideoWriter(target, fps, fmt="mp4 (h264)", crf=26, pix_fmt="yuv420p", on_exists="replace") as w:
         for part in iter_frames(src, shown_sel, chunk=16, size=preview_size(info.width, info.height, max_side),
                                 info=info):
             w.write(part)

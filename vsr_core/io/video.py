@@ -2,11 +2,13 @@
 
 Reading decodes frame by frame and keeps only the selected frames, so memory is bounded by what is
 returned (or by one chunk when iterating), never by the length of the file. Writing goes to a
-temporary file beside the target that is renamed into place on success, so an interrupted or failed
-run never leaves a half-written file under the final name.
+temporary file beside the target that is moved into place on success, so an interrupted or failed
+run never leaves a half-written file under the final name, and (unless asked to replace it) an existing
+file is never overwritten, not even one that appeared while the video was being written.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -295,8 +297,87 @@ def _fps_fraction(fps: float) -> Fraction:
     return frac
 
 
-def _partial_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial{path.suffix}")
+EXISTS_POLICIES = ("error", "replace")
+
+
+class OutputExistsError(FileExistsError):
+    """The output name is taken and replacing it was not asked for; the message says what to do."""
+
+
+def _partial_file(path: Path) -> Path:
+    """A new, unique temporary file beside ``path`` (two writers to one name never share it)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _free_sibling(path: Path) -> Path:
+    """``clip.1.mp4``, ``clip.2.mp4``, ...: the first name beside ``path`` that is not taken."""
+    for i in range(1, 100_000):
+        cand = path.with_name(f"{path.stem}.{i}{path.suffix}")
+        if not os.path.lexists(cand):
+            return cand
+    raise OutputExistsError(f"no free name beside {path}")
+
+
+def claim(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` (a file or a folder) to ``path`` only if ``path`` does not exist, atomically:
+    a file is hard-linked (which fails on an existing name) and then unlinked; a folder claims the name with
+    ``mkdir`` (which also fails on an existing name) and is renamed onto that empty folder. Raises
+    ``FileExistsError`` (and leaves ``tmp`` as it was) when the name is taken."""
+    if tmp.is_dir():
+        path.mkdir()  # FileExistsError when taken
+        try:
+            os.replace(tmp, path)
+        except OSError:  # platforms that cannot rename onto an (empty) folder
+            path.rmdir()
+            os.rename(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # FileExistsError when taken
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename (a narrow race remains)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.rename(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` onto ``path``, replacing what is there; the old file (or folder) stays intact
+    until the new one is complete and in place."""
+    if tmp.is_dir() or path.is_dir():
+        old = None
+        if os.path.lexists(path):
+            old = path.with_name(f".{path.name}.replaced-{os.getpid()}-{id(tmp):x}")
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        return
+    os.replace(tmp, path)
+
+
+def write_file(path: str | os.PathLike, write, on_exists: str = "error") -> Path:
+    """Write a single file atomically: ``write(tmp)`` fills a temporary file beside ``path``, which is then moved
+    into place, replacing what is there (``"replace"``: the old file stays intact until then) or only while
+    the name is free (``"error"``: ``FileExistsError`` otherwise). Nothing partial is left behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    try:
+        write(tmp)
+        (replace if on_exists == "replace" else claim)(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class VideoWriter:
@@ -309,13 +390,24 @@ class VideoWriter:
                 w.write(chunk)        # [n, H, W, 3] float in [0, 1] (tensor or array) or uint8/uint16
 
     On an exception inside the ``with`` block the partial output is deleted and nothing is renamed.
+
+    on_exists: what happens when ``path`` is taken. ``"error"`` (default): refused at once when it exists
+    already (nothing is written); when it appears while writing, the finished output goes to a free name
+    beside it (``clip.1.mp4``, in ``kept_as``) and ``OutputExistsError`` says so. ``"replace"``: replaced
+    atomically at the end (the old file stays intact until then). A function ``(taken path) -> new path``:
+    called until a free name is found (an output prefix's next counter).
     H.264/H.265 need even sizes with chroma subsampling: odd frames are padded by one replicated
     row/column (``padded`` says so afterwards).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, fmt: str = "mp4 (h264)", crf: int = 19,
-                 pix_fmt: str | None = None, audio: dict | None = None, metadata: dict | None = None):
+                 pix_fmt: str | None = None, audio: dict | None = None, metadata: dict | None = None,
+                 on_exists="error"):
         _require_av()
+        if not (callable(on_exists) or on_exists in EXISTS_POLICIES):
+            raise ValueError(f"on_exists must be one of {EXISTS_POLICIES} or a function, got {on_exists!r}")
+        self.on_exists = on_exists
+        self.kept_as: Path | None = None  # set when the finished output had to go under another name
         if fmt not in OUTPUT_FORMATS:
             raise ValueError(f"unknown output format {fmt!r}; choose one of {list(OUTPUT_FORMATS)}")
         ext, self.codec, default_pix = OUTPUT_FORMATS[fmt]
@@ -335,9 +427,12 @@ class VideoWriter:
         self._container = None
         self._stream = None
         self._size: tuple[int, int] | None = None
+        if on_exists == "error" and os.path.lexists(self.path):  # refuse before any work, not after it
+            raise OutputExistsError(f"{self.path} already exists: nothing was written. Choose another name, or "
+                                    "ask to replace it.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if ext:
-            self._tmp = _partial_name(self.path)
+            self._tmp = _partial_file(self.path)
         else:
             self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
             self._tmp.chmod(0o755)
@@ -432,24 +527,42 @@ class VideoWriter:
         if self.frames_written == 0:
             self.abort()
             raise ValueError("no frames were written: refusing to create an empty video")
-        if self.codec == "png":
-            if self.path.exists():
-                raise FileExistsError(f"{self.path} already exists")
-            os.replace(self._tmp, self.path)
-            return self.path
         try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-            # audio goes last: it is trimmed to the final video length
-            if self._audio_stream is not None:
-                self._write_audio()
-            self._container.close()
-            self._container = None
-            os.replace(self._tmp, self.path)
+            if self.codec != "png":
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+                # audio goes last: it is trimmed to the final video length
+                if self._audio_stream is not None:
+                    self._write_audio()
+                self._container.close()
+                self._container = None
         except BaseException:
             self.abort()
             raise
+        self._commit()
         return self.path
+
+    def _commit(self) -> None:
+        """Move the finished output into place following ``on_exists`` (never losing it)."""
+        if self.on_exists == "replace":
+            replace(self._tmp, self.path)
+            return
+        for _ in range(10_000):
+            try:
+                claim(self._tmp, self.path)
+                return
+            except FileExistsError:
+                pass
+            if callable(self.on_exists):  # e.g. the next free counter of an output prefix
+                self.path = Path(self.on_exists(self.path))
+                continue
+            # "error": the name was taken while the video was being written; keep the work under a free name
+            wanted, self.path = self.path, _free_sibling(self.path)
+            claim(self._tmp, self.path)
+            self.kept_as = self.path
+            raise OutputExistsError(f"{wanted} appeared while the video was being written and was left as it was; "
+                                    f"the result was saved as {self.path}")
+        raise OutputExistsError(f"could not find a free name for {self.path}")
 
     def abort(self) -> None:
         """Drop the partial output (safe to call more than once)."""
@@ -477,10 +590,11 @@ class VideoWriter:
 
 def save_video(frames, path: str | os.PathLike, fps: float, fmt: str = "mp4 (h264)", crf: int = 19,
                pix_fmt: str | None = None, audio: dict | None = None, metadata: dict | None = None,
-               chunk: int = 16, progress=None) -> Path:
-    """Write a whole frame batch ``[T, H, W, 3]`` atomically; returns the final path."""
+               chunk: int = 16, progress=None, on_exists="error") -> Path:
+    """Write a whole frame batch ``[T, H, W, 3]`` atomically; returns the final path. ``on_exists``: what
+    to do when the name is taken, see :class:`VideoWriter`."""
     total = frames.shape[0]
-    with VideoWriter(path, fps, fmt, crf, pix_fmt, audio, metadata) as writer:
+    with VideoWriter(path, fps, fmt, crf, pix_fmt, audio, metadata, on_exists=on_exists) as writer:
         for s in range(0, total, chunk):
             writer.write(frames[s:s + chunk])
             if progress is not None:

@@ -15,6 +15,7 @@ configs in ``vsr_core/configs/mgld`` (or ``configs=``) and loaded with ``strict=
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -180,16 +181,22 @@ def read_mgld_weights(path: str | Path, what: str) -> tuple[dict[str, Tensor], P
     return sd, path
 
 
-def convert_to_safetensors(ckpt: str | Path, out: str | Path | None = None) -> Path:
+def convert_to_safetensors(ckpt: str | Path, out: str | Path | None = None, on_exists: str = "error") -> Path:
     """Write the tensors of a (Lightning) checkpoint to ``out`` (default: same stem, ``.safetensors``)
     once, so later loads skip the pickle. Every tensor key is kept, shared storages are copied apart.
-    Returns the written path."""
+    An existing ``out`` is refused (``on_exists="error"``, before any work) or replaced (``"replace"``) once
+    the new file is complete. Returns the written path."""
     from safetensors.torch import save_file
+
+    from ..io.video import OutputExistsError, write_file
 
     ckpt = Path(ckpt)
     out = Path(out) if out is not None else ckpt.with_suffix(".safetensors")
     if out.resolve() == ckpt.resolve():
         raise ValueError(f"convert_to_safetensors: the output {out} would overwrite the input")
+    if on_exists == "error" and os.path.lexists(out):
+        raise OutputExistsError(f"{out} already exists: nothing was written. Choose another name, or ask to "
+                                "replace it.")
     try:
         sd = load_state_dict(ckpt)
     except UnsafeCheckpointError as exc:
@@ -201,9 +208,8 @@ def convert_to_safetensors(ckpt: str | Path, out: str | Path | None = None) -> P
         value = value.contiguous()
         clean[key] = value.clone() if ident in seen or value.untyped_storage().nbytes() != value.nbytes else value
         seen.add(ident)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(clean, str(out), metadata={"format": "pt", "source": ckpt.name})
-    return out
+    return write_file(out, lambda tmp: save_file(clean, str(tmp), metadata={"format": "pt", "source": ckpt.name}),
+                      on_exists)
 
 
 # -------------------------------------------------------------------------------------------- loading

@@ -15,7 +15,7 @@ it with a ``VideoFlow`` from the flow nodes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from torch import Tensor
 
@@ -23,14 +23,66 @@ from ..flow.occlusion import fb_consistency_uav
 from ..flow.types import VideoFlow
 from ..flow.warp import resize_flow, warp
 
-__all__ = ["PROPAGATION_MODES", "uav_latent_flows", "propagation_validity", "propagate_latents",
-           "LatentPropagation"]
+__all__ = ["PROPAGATION_MODES", "UAV_STEPS", "parse_step_numbers", "resolve_propagation_steps", "uav_latent_flows",
+           "propagation_validity", "propagate_latents", "LatentPropagation"]
 
 PROPAGATION_MODES = ("fuse", "copy")
 
 # The pipeline's call (pipeline_upscale_a_video.py, step 6e): nearest warp, 0.5 fuse, squared-norm
 # check thresholds α1 = 0.001, α2 = 0.05 (the Propagation module's own defaults are bilinear / 0.01 / 0.5).
 UAV_PIPELINE_ARGS = dict(interpolation="nearest", mode="fuse", fuse_scale=0.5, alpha1=0.001, alpha2=0.05)
+
+
+# The official CLI runs 30 DDIM steps and propagates at 24, 26, 28 (= -6, -4, -2 counted from the end).
+UAV_STEPS = 30
+
+
+def parse_step_numbers(values: str | int | Iterable[int]) -> list[int]:
+    """Step numbers as given: ``"-6, -4, -2"`` (commas, semicolons or spaces), an int or a list of ints."""
+    example = "e.g. '-6,-4,-2' (counted from the end) or '24,26,28'"
+    if isinstance(values, str):
+        tokens = values.replace(";", ",").replace(" ", ",").split(",")
+        try:
+            return [int(v) for v in tokens if v.strip()]
+        except ValueError:
+            raise ValueError(f"propagation_steps must be step numbers separated by commas, {example}; "
+                             f"got {values!r}") from None
+    items = [values] if isinstance(values, int) else list(values)
+    out = []
+    for v in items:
+        if not (isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()):
+            raise ValueError(f"propagation_steps must be whole step numbers, {example}; got {values!r}")
+        out.append(int(v))
+    return out
+
+
+def resolve_propagation_steps(values: str | int | Iterable[int], steps: int) -> list[int]:
+    """The 0-based loop indices of the propagation steps ``values`` for a ``steps``-step schedule.
+
+    Numbers >= 0 are loop indices; negative numbers count from the end, as Python indexes a list
+    (-1 = the last step), so ``-6, -4, -2`` is the published ``24, 26, 28`` at 30 steps and stays the
+    last steps when ``steps`` changes. Sorted, duplicates dropped; numbers outside the schedule are
+    refused with a message that gives the valid range and the from-the-end form.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    given = parse_step_numbers(values)
+    bad = [v for v in given if not -steps <= v < steps]
+    if bad:
+        listed = ", ".join(str(v) for v in bad)
+        msg = (f"propagation_steps {listed} {'is' if len(bad) == 1 else 'are'} outside 0..{steps - 1} "
+               f"(or -{steps}..-1 counted from the end) for steps = {steps}")
+        # indices written for a longer schedule (the published one, or one just long enough): the same
+        # distances from its end
+        longer = max(UAV_STEPS, max(given) + 1)
+        suggested = sorted({v - longer if v >= 0 else v for v in given})
+        if any(v >= 0 for v in bad) and all(-steps <= v for v in suggested):
+            msg += (f"; count from the end instead: {','.join(str(v) for v in suggested)} (the last steps "
+                    "whatever the step count)")
+        elif any(v >= 0 for v in bad):
+            msg += "; count from the end instead, e.g. -1 for the last step"
+        raise ValueError(msg)
+    return sorted({v % steps for v in given})
 
 
 def uav_latent_flows(flow: VideoFlow, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -128,7 +180,8 @@ class LatentPropagation:
 
     flow: the clip's ``VideoFlow`` (any grid; resized to the latent grid the UAV way and cached, with
     the validity masks, on first use). steps: 0-based sampling-loop indices (the official
-    ``propagation_steps``; with 30 steps ``24, 26, 28`` ↔ t = 166, 100, 34); empty = off.
+    ``propagation_steps``; with 30 steps ``24, 26, 28`` ↔ t = 166, 100, 34; ``resolve_propagation_steps``
+    turns the from-the-end form into these); empty = off.
     x̂0 given to the hook is ``[T, C, h, w]`` with T = ``flow.num_frames``.
     """
 

@@ -206,7 +206,8 @@ def sample_uav(
     when ``propagation_steps`` is not empty. prompt_embeds / negative_embeds: ``[1, L, D]`` (official CFG
     batch order [negative, prompt]); CFG when ``guidance_scale > 1``. steps: DDIM steps on the model's
     scheduler config ("leading" spacing: 30 -> 958 … 1). propagation_steps: 0-based loop indices at
-    which x̂0 is propagated (e.g. 24, 26, 28 of 30); empty = off. window / overlap / merge: temporal
+    which x̂0 is propagated (e.g. 24, 26, 28 of 30; ``propagation.resolve_propagation_steps`` turns the
+    from-the-end form -6, -4, -2 into these); empty = off. window / overlap / merge: temporal
     windows (see ``uav_denoiser``). tile / tile_overlap / tile_merge: per-step latent tiles (0 = off;
     ``"hann"`` blended, ``"hard"`` = official geometry with ``tile_overlap`` px of context, pasted).
     latents: initial latents ``[T, 4, h, w]`` (replace the seed's draw). callback(done, total, x0):

@@ -17,6 +17,8 @@ Each stage: a JSON (or YAML, when PyYAML is installed) config over the defaults 
 at 5e-5 as published; mixed precision (``amp``); gradient checkpointing of the adapters and the base;
 a checkpoint written atomically every ``save_every`` steps that the same command resumes; a tqdm bar with
 the loss; the trained part is added to ``<out>/satec.safetensors`` (stage 1 writes ``upscaler.safetensors``).
+The export replaces an earlier one (stage 1's file, or this stage's part of ``satec.safetensors``) only when
+asked (``on_exists="replace"``, the CLI's ``--overwrite``); adding a part keeps the other stages' parts.
 ``--dry-run`` checks the data and measures one training step's peak memory before hours are spent.
 """
 from __future__ import annotations
@@ -33,12 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import VIDEO_EXTENSIONS, FrameSelection, iter_frames, probe
+from ..io import VIDEO_EXTENSIONS, FrameSelection, OutputExistsError, iter_frames, probe
 from .data import Degradation
-from .upscaler import charbonnier
+from .upscaler import charbonnier, export_file
 
-__all__ = ["STAGES", "StageConfig", "ClipFolder", "train_stage", "dry_run", "add_arguments", "main_from_args",
-           "load_config_file"]
+__all__ = ["STAGES", "StageConfig", "ClipFolder", "train_stage", "dry_run", "existing_export", "add_arguments",
+           "config_from_args", "load_config_file"]
 
 STAGES = {1: "upscaler", 2: "unet", 3: "vae", 4: "refiner"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -345,23 +347,47 @@ class _Stage:
         return _decode_clip(base, parts, base.vae, x, xu_n)
 
     # -- saving
-    def export(self, step: int, losses: list[float]) -> Path:
+    def export(self, step: int, losses: list[float], on_exists: str = "error") -> Path:
         meta = {"vsr_training": {"stage": self.cfg.stage, "steps": step, "data": Path(self.cfg.data).name,
                                  "final_loss": float(np.mean(losses[-50:])) if losses else None,
                                  "degradation": self.cfg.degradation, "scale": self.cfg.scale}}
         if self.cfg.stage == 1:
             from ..loaders.video_upscaler import save_video_upscaler
 
-            return save_video_upscaler(self.model.eval(), self.out / "upscaler.safetensors",
-                                       {k: json.dumps(v) for k, v in meta.items()})
+            return export_file(export_path(self.cfg), lambda tmp: save_video_upscaler(
+                self.model.eval(), tmp, {k: json.dumps(v) for k, v in meta.items()}), on_exists)
         from ..loaders.satec import save_satec
 
+        if on_exists != "replace" and existing_export(self.cfg):
+            raise OutputExistsError(f"{self.adapters_file} gained a trained {self.cfg.part} while this stage ran and "
+                                    "was left as it was; the checkpoint is kept, so a rerun that asks to replace it "
+                                    "exports at once")
         self.parts.trained.add(self.cfg.part)
         return save_satec(self.adapters_file, self.parts, which={self.cfg.part}, metadata=meta)
 
     def close(self):
         for h in getattr(self, "_handles", []):
             h.remove()
+
+
+def export_path(cfg: StageConfig) -> Path:
+    """Stage 1's ``upscaler.safetensors``; for the others ``satec.safetensors``, which each adds its part to."""
+    return Path(cfg.out) / ("upscaler.safetensors" if cfg.stage == 1 else "satec.safetensors")
+
+
+def existing_export(cfg: StageConfig) -> Path | None:
+    """The export that this stage would replace, if any: stage 1's file, or ``satec.safetensors`` when it holds
+    this stage's part already (adding another stage's part to it replaces nothing)."""
+    path = export_path(cfg)
+    if cfg.stage == 1 or not path.is_file():
+        return path if os.path.lexists(path) else None
+    from safetensors import safe_open
+
+    from ..loaders.satec import META_PARTS
+
+    with safe_open(str(path), "pt") as f:
+        held = (f.metadata() or {}).get(META_PARTS, "").split(",")
+    return path if cfg.part in held else None
 
 
 def _checkpoint_path(cfg: StageConfig) -> Path:
@@ -375,9 +401,11 @@ def _settings(cfg: StageConfig) -> dict:
     return d
 
 
-def train_stage(cfg: StageConfig, progress: bool = True, restart: bool = False, stop_after: int | None = None) -> dict:
+def train_stage(cfg: StageConfig, progress: bool = True, restart: bool = False, stop_after: int | None = None,
+                on_exists: str = "error") -> dict:
     """Run (or resume) one stage; returns {"steps", "losses", "file"}. ``stop_after``: return after this
-    many steps of this call without exporting (a test's stand-in for an interrupted run)."""
+    many steps of this call without exporting (a test's stand-in for an interrupted run). on_exists:
+    ``"error"`` (an earlier export, see :func:`existing_export`, is left as it was) or ``"replace"``."""
     device = _device(cfg)
     data = ClipFolder(cfg.data, cfg.clip_length)
     stage = _Stage(cfg, device)
@@ -429,7 +457,7 @@ def train_stage(cfg: StageConfig, progress: bool = True, restart: bool = False, 
                 return {"steps": step, "losses": losses, "file": None}
         if bar is not None:
             bar.close()
-        path = stage.export(step, losses)
+        path = stage.export(step, losses, on_exists)
         return {"steps": step, "losses": losses, "file": str(path)}
     finally:
         stage.close()
@@ -504,7 +532,7 @@ def add_arguments(p) -> None:
     p.add_argument("--restart", action="store_true", help="ignore this stage's checkpoint and start over")
 
 
-def main_from_args(args) -> int:
+def config_from_args(args) -> StageConfig:
     settings = load_config_file(args.config) if args.config else {}
     for f in fields(StageConfig):
         v = getattr(args, f.name, None)
@@ -513,10 +541,4 @@ def main_from_args(args) -> int:
     cfg = StageConfig(**settings)
     if not cfg.data:
         raise ValueError("--data FOLDER (HR clips: video files or folders of frames) is required")
-    if args.dry_run:
-        print(json.dumps(dry_run(cfg), indent=2))
-        return 0
-    report = train_stage(cfg, restart=args.restart)
-    print(f"stage {cfg.stage} ({cfg.part}): {report['steps']} steps, final loss "
-          f"{np.mean(report['losses'][-50:]):.4f} -> {report['file']}")
-    return 0
+    return cfg

@@ -4,7 +4,9 @@ The run fetches the photographs if needed (:func:`vsr_core.training.data.fetch_i
 random windows rendered from the training photographs (x4 three steps out of four, x2 the fourth, both
 heads share the trunk), checkpoints every ``save_every`` steps to ``workdir/checkpoint.pt`` (weights,
 optimiser, step; a rerun of the same command continues from there), and ends by exporting the weights
-and a report on the held-out clips (Y-PSNR of the model vs bicubic, x4 and x2).
+and a report on the held-out clips (Y-PSNR of the model vs bicubic, x4 and x2). The exported weights are
+the run's output: an existing file there is replaced only when asked (``on_exists="replace"``, the CLI's
+``--overwrite``), and only once the new file is complete; the checkpoint and report are the work directory's.
 SATeCo trains its upscaler with a Charbonnier loss (§3.3, stage 1); so does this.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.video import OutputExistsError, write_file
 from ..models.video_upscaler import VideoUpscaler, VideoUpscalerConfig
 from .data import HELDOUT_IMAGES, TRAIN_IMAGES, WindowSampler, fetch_images, heldout_clips, load_images
 
@@ -43,6 +46,10 @@ class TrainConfig:
     fetch: bool = True
     threads: int = 0
     eval_frames: int = 16
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out) if self.out else Path(self.workdir) / "video_upscaler.safetensors"
 
     def model_config(self) -> VideoUpscalerConfig:
         return VideoUpscalerConfig(channels=self.channels, num_blocks=self.blocks, radius=self.radius,
@@ -73,6 +80,17 @@ def _save_checkpoint(path: Path, model, opt, step: int, cfg: TrainConfig, losses
     os.replace(tmp, path)
 
 
+def export_file(path: Path, write, on_exists: str = "error") -> Path:
+    """Write a run's final file with ``write(tmp)`` beside ``path``, then move it into place once complete:
+    replacing what is there (``"replace"``; the old file stays intact until then) or only while the name is
+    free (``"error"``). Nothing partial is left behind."""
+    try:
+        return write_file(path, write, on_exists)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} appeared while training and was left as it was; the checkpoint is kept, "
+                                "so a rerun that asks to replace it exports at once") from None
+
+
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
     keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "channels",
             "blocks", "radius", "window")
@@ -98,13 +116,14 @@ def evaluate(model: VideoUpscaler, images: dict, scales=(4, 2), num_frames: int 
     return report
 
 
-def train(cfg: TrainConfig, restart: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) a training run; returns the final report (also written to ``workdir/report.json``)."""
+def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exists: str = "error") -> dict:
+    """Run (or resume) a training run; returns the final report (also written to ``workdir/report.json``).
+    on_exists: ``"error"`` (an existing ``cfg.out_path`` is left as it was) or ``"replace"``."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    out = Path(cfg.out) if cfg.out else workdir / "video_upscaler.safetensors"
+    out = cfg.out_path
     image_dir = Path(cfg.images)
     users_own = image_dir.is_dir() and any(image_dir.iterdir()) and not (image_dir / ".wheel").exists()
     if cfg.fetch and not users_own:  # an empty or earlier-fetched folder gets (the rest of) the photographs
@@ -173,7 +192,7 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True) -> dic
     recipe = {k: v for k, v in report.items() if k != "train_seconds_this_run"}
     recipe["config"] = {k: v for k, v in report["config"].items() if k not in ("images", "workdir", "out")}
     meta = {"vsr_training": json.dumps(recipe)}  # the recipe travels with the weights; local paths do not
-    save_video_upscaler(model, out, meta)
+    export_file(out, lambda tmp: save_video_upscaler(model, tmp, meta), on_exists)
     report["weights"] = str(out)
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
     print(format_report(report))
@@ -214,8 +233,6 @@ def add_arguments(p) -> None:
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in the work directory")
 
 
-def main_from_args(args) -> int:
+def config_from_args(args) -> TrainConfig:
     names = {f for f in TrainConfig.__dataclass_fields__}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    train(cfg, restart=args.restart)
-    return 0
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
