@@ -32,6 +32,34 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def machine_line() -> str:
+    """What the numbers were measured on, printed above every bench table: the CPU's model and which bf16
+    paths it has in hardware (machines differ: bf16 is 2-3x faster than fp32 with AVX512-BF16/AMX and
+    5-80x slower without), torch's version, and the GPU when there is one."""
+    import platform
+
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    present = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    from vsr_core.speed import native_bf16_cpu
+
+    bf16 = "native bf16" if native_bf16_cpu() else "no native bf16 (emulated)"
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "; no GPU"
+    return (f"machine: {model} ({os.cpu_count()} CPUs; flags {' '.join(present) or 'none of avx2/avx512/amx'}; "
+            f"{bf16}); torch {torch.__version__}{gpu}")
+
+
 def run_child(code: str) -> tuple[dict | None, str | None]:
     """Run ``code`` in a fresh interpreter; it prints one JSON line last. Returns (result, None) or
     (None, the last line of its error)."""
@@ -176,7 +204,7 @@ def speed_options_dict(name: str, device: str, compile: bool) -> dict:
     from vsr_core.speed import speed_options
 
     o = speed_options(name, device, compile=compile or None)
-    return {"precision": o.precision, "channels_last": o.channels_last, "compile": o.compile}
+    return {"precision": o.precision, "channels_last": o.channels_last, "compile": o.compile, "vae_bf16": o.vae_bf16}
 
 
 def describe(options: dict) -> str:
@@ -214,6 +242,7 @@ def speed_table(title: str, rows_for: Callable[[str, dict], list[Row]], args) ->
 
     wanted = args.rows.split(",")
     devices = resolve_devices(args.devices)
+    print(machine_line())
     print(f"== {title}: {args.frames} frames, {args.steps} steps, random weights, {args.threads} CPU threads; "
           f"(c) vs (b): PASS when final-latent PSNR >= {TOLERANCE_DB:.0f} dB")
     head = (f"{'row':<4}{'arch':<5}{'device':<7}{'configuration':<44}{'params M':>9}{'s/frame':>9}{'vs (a)':>8}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import REPO, resolve_devices, run_child
+from common import REPO, machine_line, resolve_devices, run_child
 
 CHILD = r"""
 import json, sys, time
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=8, help="pairs per engine call")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    print(machine_line())
     devices = resolve_devices(args.devices)
     print(f"bidirectional flow + occlusion, pan clip, chunk {args.chunk} pairs, RAFT-large random weights "
           f"{args.iters} iters, {args.threads} CPU threads")

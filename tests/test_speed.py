@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from vsr_core.flow import VideoFlow
@@ -59,6 +60,9 @@ def _our_attention_types():
             mgld_vae.AttnBlock, uav_unet.TemporalAttention, satec.TFA)
 
 
+FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+
+
 def _audit(modules, run):
     """Run ``run()`` with SDPA/softmax counting and a call counter on every attention module."""
     types = _our_attention_types()
@@ -66,7 +70,10 @@ def _audit(modules, run):
     handles = [m.register_forward_hook(lambda mod, *_: ran.append(type(mod).__name__))
                for module in modules for m in module.modules() if isinstance(m, types)]
     try:
-        with torch.no_grad(), _AttentionCalls() as calls:
+        # and every SDPA call takes a fused kernel: with the math fallback off, SDPA raises "No available
+        # kernel" for inputs the fused kernels refuse (3-D masks, strided q/k/v), which silently run the
+        # math path otherwise (it builds the whole score matrix: 5x slower, gigabytes more at full size)
+        with torch.no_grad(), _AttentionCalls() as calls, sdpa_kernel(FUSED):
             run()
     finally:
         for h in handles:
@@ -311,6 +318,8 @@ def test_speed_options_presets_and_auto():
     fast = apply_speed(model, SpeedOptions("fp16", channels_last=True))
     assert fast.dtype == torch.float16 and fast.vae_dtype == torch.float32 and model.dtype == torch.float32
     assert fast.unet.weight.is_contiguous(memory_format=torch.channels_last)
+    # frozen: under autocast a weight that requires grad keeps a bf16 copy for the whole region
+    assert not any(p.requires_grad for m in (fast.unet, fast.vae) for p in m.parameters())
     # embeddings computed in fp16 must not reach an fp32 run of the original bundle, nor the reverse
     assert fast._prompt_cache is not model._prompt_cache
     assert apply_speed(model, SpeedOptions(channels_last=True))._prompt_cache is model._prompt_cache
@@ -434,3 +443,60 @@ def test_sampler_node_speed_widget_runs_the_option_set_within_tolerance():
     assert agreement(run("as loaded"), ref)["psnr_db"] > 90
     with pytest.raises(ValueError, match="speed options"):
         run("turbo")
+
+
+# ------------------------------------------------------------------------------------------- VAEs
+
+def test_vaes_compute_in_bf16_only_where_bf16_is_native(monkeypatch):
+    """A reduced precision puts the VAEs in bf16 where the device computes bf16 natively, never in fp16;
+    under bf16 autocast they join the autocast region for that run only, and hand back fp32."""
+    from vsr_core import speed
+    from vsr_core.loaders.tiny import tiny_modules
+
+    for native in (True, False):
+        monkeypatch.setattr(speed, "native_bf16_cpu", lambda: native)
+        assert speed_options("auto", "cpu").vae_bf16 is native
+        assert speed_options("fp16", "cpu").vae_bf16 is native and not speed_options("published").vae_bf16
+    mods = tiny_modules("sd_x4")
+    model = VSRModel("sd_x4", mods["unet"], mods["vae"])
+    assert apply_speed(model, SpeedOptions("fp16", vae_bf16=False)).vae_dtype == torch.float32
+    assert apply_speed(model, SpeedOptions("bf16", vae_bf16=True)).vae_dtype == torch.bfloat16
+    assert apply_speed(model, SpeedOptions("fp16", vae_bf16=True)).vae_dtype == torch.bfloat16  # not fp16
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    vae = model.vae
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        fast_model = apply_speed(model, SpeedOptions("bf16-autocast", vae_bf16=True))
+        assert fast_model.vae_dtype == torch.float32  # weights stay fp32: autocast computes in bf16
+        with compute_context("cpu", SpeedOptions("bf16-autocast")):
+            fast = vae.decode(z).sample
+            dist = vae.encode(torch.rand(1, 3, 32, 32)).latent_dist
+        assert fast.dtype == torch.float32 and dist.mean.dtype == torch.float32
+        assert not torch.equal(fast, ref) and agreement(fast, ref)["psnr_db"] >= TOLERANCE_DB
+        apply_speed(model, SpeedOptions("bf16-autocast", vae_bf16=False))  # the next run's choice
+        with compute_context("cpu", SpeedOptions("bf16-autocast")):
+            assert torch.equal(vae.decode(z).sample, ref)
+
+
+def test_decode_node_speed_widget(monkeypatch):
+    """Temporal VAE Decode's ``speed``: as loaded decodes in fp32; bf16 autocast on a CPU with native bf16
+    decodes in bf16 within the tolerance."""
+    import tempfile
+
+    from pack import load_pack
+
+    from vsr_core import speed
+    from vsr_core.loaders import load_method_model
+    from vsr_core.loaders.tiny import write_tiny_sd_x4
+
+    monkeypatch.setattr(speed, "native_bf16_cpu", lambda: True)
+    node = load_pack().NODE_CLASS_MAPPINGS["VSR_TemporalVAEDecode"]()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_method_model("sd_x4", write_tiny_sd_x4(tmp + "/x4"))
+    latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
+    ref = node.decode(model, latent, mode="per-frame", tile_size=0)[0]
+    fast = node.decode(model, latent, mode="per-frame", tile_size=0, speed="bf16-autocast")[0]
+    assert fast.dtype == torch.float32 and fast.shape == ref.shape
+    assert not torch.equal(fast, ref) and agreement(fast, ref)["psnr_db"] >= TOLERANCE_DB
+    # the option set did not stick (channels-last stays on the VAE: summation order only)
+    assert agreement(node.decode(model, latent, mode="per-frame", tile_size=0)[0], ref)["psnr_db"] > 90

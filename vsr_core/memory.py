@@ -103,12 +103,10 @@ UNET_UNITS = {
     "mgld": 30.0,  # 29.4-31.2 up to 32x32 latents: UNet + structure encoder (SPADE features stay alive)
     "satec": 33.0,  # 26.0: SD 2.x UNet; +25 % for SFA/TFA, which were not counted
 }
-# MGLD's structure encoder calls SDPA with 3-D tensors (LDM AttentionBlock, full-resolution level),
-# which the fused kernels refuse on CUDA as on the CPU: the math kernel holds the scores and their
-# softmax, 2 x heads x px² elements per frame, next to ~6 units of linear activations. That phase
-# peaks above the UNet's from ~1,000 latent px per frame on (counted: 31.2 / 63.2 / 108.0 units at
-# 32² / 48² / 64², against max(30, 6 + 2·4·px/320) = 31.6 / 63.6 / 108.4), which is why MGLD tiles.
-MGLD_STRUCT_UNITS = 6.0
+# MGLD's structure encoder used to call SDPA with 3-D transposed q/k/v, which sent it to the math kernel
+# (2 x heads x px² elements of scores and softmax per frame: 108 units at 64² latents, hence the tiles);
+# it now takes the fused kernels like every other attention (tests/test_speed.py), so the UNet's linear
+# count covers it.
 VAE_DECODE_UNITS = 7.5  # x4 and SD VAE decoders, per output pixel (UAV's video VAE 7.1, MGLD's CFW 8.75)
 VAE_ENCODE_UNITS = 6.0  # x4 and SD VAE encoders, per input pixel
 # What a counted peak leaves out: allocator rounding and fragmentation, cuDNN workspaces, small buffers.
@@ -205,14 +203,6 @@ def _first_width(net, default: int) -> int:
     return default
 
 
-def _attention_heads(net, default: int = 4) -> int:
-    """Heads of ``net``'s first (highest-resolution) LDM AttentionBlock (a ``qkv`` with ``num_heads``)."""
-    for m in net.modules() if net is not None else ():
-        if hasattr(m, "qkv") and isinstance(getattr(m, "num_heads", None), int):
-            return m.num_heads
-    return default
-
-
 def _vae_width(vae, default: int = 128) -> int:
     """The decoder's top width (the channels its output convolution reads)."""
     conv = getattr(getattr(vae, "decoder", None), "conv_out", None)
@@ -279,9 +269,7 @@ def estimate_vram(method: str, latent_size: Sequence[int], *, model: Any = None,
         parts = {"unet": unet(th, tw, batch)}
     elif method == "mgld":
         # the LR frames are VAE-encoded whole, 5 at a time, before the (tiled) denoising
-        px, heads = th * tw, _attention_heads(getattr(model, "struct_encoder", None))
-        per_frame = max(UNET_UNITS["mgld"] * c0 * px, MGLD_STRUCT_UNITS * c0 * px + 2 * heads * px * px)
-        parts = {"unet": per_frame * batch * max(int(tile_batch), 1) * nb, "vae_encode": encode(h, w, min(f, 5))}
+        parts = {"unet": unet(th, tw, batch * max(int(tile_batch), 1)), "vae_encode": encode(h, w, min(f, 5))}
     else:  # satec: whole frames, the clip's upscaled frames encoded at once
         parts = {"unet": unet(h, w, batch), "vae_encode": encode(h, w, f)}
     parts = {k: int(v * ACTIVATION_MARGIN) for k, v in parts.items()}

@@ -1,7 +1,7 @@
 """Speed options for every sampler: precision, autocast, channels-last and ``torch.compile``.
 
     opts = speed_options("auto", device)          # or SpeedOptions("bf16-autocast"), SPEED_PRESETS["fp16"]
-    model = apply_speed(model, opts)              # weight dtypes, memory format, compile; the VAEs stay fp32
+    model = apply_speed(model, opts)              # weight dtypes, memory format, compile, the VAEs' precision
     with compute_context(model.device, opts):
         latents = sample_uav(model, cond, flow, ...)
 
@@ -9,9 +9,11 @@ precision:
 
 * ``"fp32"``: the published numerics.
 * ``"fp16"`` / ``"bf16"``: UNet, ControlNet, structure encoder and text encoder weights in half precision.
-  The VAEs stay fp32: the x4 VAE overflows in fp16 (its config says ``force_upcast``).
+  The VAEs in bf16 where the device computes bf16 natively (``vae_bf16``), else fp32: never fp16, the x4
+  VAE overflows there (its config says ``force_upcast``), while bf16 has fp32's range.
 * ``"bf16-autocast"``: fp32 weights; convolutions and matmuls in bf16 under ``torch.autocast``, norms,
-  softmax and the sampler's arithmetic in fp32. The VAEs run outside autocast (fp32).
+  softmax and the sampler's arithmetic in fp32. The VAEs join the autocast region where bf16 is native
+  (``vae_bf16``; StableVSR's per-step guidance decode was 60 % of its time in fp32), else run outside it.
 
 ``"auto"`` (``speed_options("auto", device)``): fp16 + channels-last on CUDA; on a CPU bf16-autocast only
 where the CPU computes bf16 natively (AVX512-BF16 or AMX), else fp32 + channels-last. On an AVX2-only
@@ -39,6 +41,7 @@ __all__ = [
     "SPEED_PRESETS",
     "speed_options",
     "native_bf16_cpu",
+    "bf16_fast",
     "compute_context",
     "keep_fp32",
     "maybe_compile",
@@ -73,7 +76,10 @@ class SpeedOptions:
     precision: one of ``PRECISIONS`` (see the module doc). channels_last: UNet/ControlNet weights and
     activations in NHWC (oneDNN and tensor cores prefer it; numerically the same up to summation order).
     compile: ``torch.compile`` the UNet and ControlNet (``maybe_compile``); compile_mode / compile_backend
-    are passed to it (None = torch's defaults: "inductor").
+    are passed to it (None = torch's defaults: "inductor"). vae_bf16: the VAEs compute in bf16 too (under
+    bf16-autocast they join the autocast region; with fp16/bf16 weights theirs are bf16), set by
+    ``speed_options`` where bf16 is fast (``bf16_fast``). Never fp16: the VAEs overflow there, and bf16
+    has fp32's range.
     """
 
     precision: str = "fp32"
@@ -81,6 +87,7 @@ class SpeedOptions:
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: object = None
+    vae_bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -98,7 +105,7 @@ class SpeedOptions:
 
     def describe(self) -> str:
         parts = [self.precision] + (["channels-last"] if self.channels_last else []) + \
-            (["compile"] if self.compile else [])
+            (["compile"] if self.compile else []) + (["vae-bf16"] if self.vae_bf16 else [])
         return "+".join(parts)
 
 
@@ -119,12 +126,22 @@ def native_bf16_cpu() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+def bf16_fast(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it (Ampere and later), or a CPU
+    with AVX512-BF16/AMX (``native_bf16_cpu``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and native_bf16_cpu()
+
+
 def speed_options(name: str | SpeedOptions, device: torch.device | str = "cpu", compile: bool | None = None) -> SpeedOptions:
     """``SpeedOptions`` for a preset name, "auto" (fastest measured choice for ``device``) or a precision
-    name; ``compile`` overrides the preset's compile flag."""
+    name; ``compile`` overrides the preset's compile flag. A reduced precision also puts the VAEs in bf16
+    where ``device`` computes bf16 natively (``vae_bf16``); a ``SpeedOptions`` is taken as it is."""
     if isinstance(name, SpeedOptions):
-        opts = name
-    elif name == "auto":
+        return name if compile is None else dataclasses.replace(name, compile=bool(compile))
+    if name == "auto":
         if torch.device(device).type == "cuda":
             opts = SpeedOptions("fp16", channels_last=True)
         else:
@@ -135,6 +152,7 @@ def speed_options(name: str | SpeedOptions, device: torch.device | str = "cpu", 
         opts = SpeedOptions(name)
     else:
         raise ValueError(f"speed options must be 'auto', one of {sorted(SPEED_PRESETS)} or {PRECISIONS}, got {name!r}")
+    opts = dataclasses.replace(opts, vae_bf16=opts.precision != "fp32" and bf16_fast(device))
     return opts if compile is None else dataclasses.replace(opts, compile=bool(compile))
 
 
@@ -150,11 +168,31 @@ def compute_context(device: torch.device | str, options: SpeedOptions):
         yield
 
 
+def _fp32_out(out):
+    """``out`` of a VAE call with its bf16 tensors in fp32 (a tensor, a tuple of them, diffusers' ``.sample``
+    or ``.latent_dist``): what leaves a VAE that computed in bf16 is what its callers get from an fp32 one."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.dtype == torch.bfloat16 else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_fp32_out(o) for o in out)
+    for name in ("sample", "latent_dist"):
+        inner = getattr(out, name, None)
+        if isinstance(inner, torch.Tensor):
+            setattr(out, name, _fp32_out(inner))
+        elif inner is not None:  # DiagonalGaussianDistribution: its tensors
+            for attr, value in vars(inner).items():
+                if isinstance(value, torch.Tensor):
+                    setattr(inner, attr, _fp32_out(value))
+    return out
+
+
 def _outside_autocast(module: nn.Module, fn):
     @functools.wraps(fn)
     def run(*args, **kwargs):
         param = next(module.parameters(), None)
         device_type = param.device.type if param is not None else "cpu"
+        if getattr(module, "_vsr_autocast_ok", False) and torch.is_autocast_enabled(device_type):
+            return _fp32_out(fn(*args, **kwargs))  # this run lets it compute in bf16 (``vae_bf16``)
         with torch.autocast(device_type=device_type, enabled=False):
             return fn(*args, **kwargs)
 
@@ -163,9 +201,10 @@ def _outside_autocast(module: nn.Module, fn):
 
 def keep_fp32(module: nn.Module | None) -> nn.Module | None:
     """Make ``module`` (a VAE) run outside any autocast region: its ``forward``, ``encode`` and ``decode``
-    disable autocast while they run, so it computes in its weights' dtype (fp32). Idempotent; returns it.
-    The wrappers are instance attributes bound to ``module``: mark a deep copy again, do not copy a
-    marked module (the same holds for ``maybe_compile``)."""
+    disable autocast while they run, so it computes in its weights' dtype (fp32), unless the run's options
+    let it compute in bf16 (``apply_speed`` with ``vae_bf16``; its outputs still come back fp32).
+    Idempotent; returns it. The wrappers are instance attributes bound to ``module``: mark a deep copy
+    again, do not copy a marked module (the same holds for ``maybe_compile``)."""
     if module is None or getattr(module, "_vsr_keep_fp32", False):
         return module
     for name in ("forward", "encode", "decode", "encode_features"):
@@ -240,15 +279,27 @@ def apply_speed(model, options: SpeedOptions):
     """A copy of the bundle ``model`` (a ``VSRModel``) set up for ``options``: compute dtype
     ``options.weight_dtype`` (VAEs fp32), channels-last and compiled UNet/ControlNet/structure encoder,
     VAEs and text encoder marked to run outside autocast (the text encoder runs once per prompt: nothing
-    to gain, and its cached embeddings should not depend on the speed options).
+    to gain, and its cached embeddings should not depend on the speed options) unless ``vae_bf16`` lets
+    the VAEs compute in bf16, and every network's weights frozen (``requires_grad_(False)``, as the
+    loaders leave them: autocast keeps a bf16 copy of a weight that requires grad for its whole region).
 
     The networks are shared with ``model`` and changed in place (memory format, compile, the autocast
     exemption), all of which leave fp32 results as they were (channels-last up to summation order); the
     dtype is the copy's (weights are cast when a sampler moves them to the device). The prompt cache is
     shared when the compute dtype is unchanged, else the copy starts its own.
     """
-    for name in _VAE_MODULES + ("text_encoder",):
-        keep_fp32(getattr(model, name, None))
+    for name in _COMPUTE_MODULES + _VAE_MODULES + ("text_encoder",):
+        module = getattr(model, name, None)
+        if module is not None:  # inference: under autocast a weight that requires grad is cast once and its
+            module.requires_grad_(False)  # bf16 copy kept for the whole region, 2 bytes more per parameter
+    keep_fp32(getattr(model, "text_encoder", None))
+    vae_autocast = options.vae_bf16 and options.autocast_dtype == torch.bfloat16
+    for name in _VAE_MODULES:
+        vae = keep_fp32(getattr(model, name, None))
+        if vae is not None:
+            vae._vsr_autocast_ok = vae_autocast  # set for every run: an earlier run's choice does not linger
+            if options.channels_last:
+                channels_last_(vae)
     for name in _COMPUTE_MODULES:
         module = getattr(model, name, None)
         if module is None:
@@ -257,7 +308,8 @@ def apply_speed(model, options: SpeedOptions):
             channels_last_(module)
         maybe_compile(module, options)
     same = options.weight_dtype == model.dtype
-    return dataclasses.replace(model, dtype=options.weight_dtype, vae_dtype=torch.float32,
+    vae_dtype = torch.bfloat16 if options.vae_bf16 and options.autocast_dtype is None else torch.float32
+    return dataclasses.replace(model, dtype=options.weight_dtype, vae_dtype=vae_dtype,
                                _prompt_cache=model._prompt_cache if same else {})
 
 

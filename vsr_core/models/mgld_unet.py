@@ -210,9 +210,12 @@ class AttentionBlock(nn.Module):
         flat = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(flat))
         length = qkv.shape[-1]
-        q, k, v = qkv.reshape(b * self.num_heads, 3 * c // self.num_heads, length).chunk(3, dim=1)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        h = self.proj_out(a.transpose(1, 2).reshape(b, c, length))
+        # [b, heads, 3 * ch, L] -> q, k, v as contiguous [b, heads, L, ch]: the layout SDPA's fused kernels
+        # take (3-D or strided inputs fall back to the math path, which builds the whole L x L score matrix)
+        qkv = qkv.reshape(b, self.num_heads, 3 * c // self.num_heads, length).transpose(2, 3)
+        q, k, v = (t.contiguous() for t in qkv.chunk(3, dim=3))
+        a = F.scaled_dot_product_attention(q, k, v)
+        h = self.proj_out(a.transpose(2, 3).reshape(b, c, length))
         return (flat + h).reshape(b, c, *spatial)
 
 

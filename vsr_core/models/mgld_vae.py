@@ -59,7 +59,8 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         n = self.norm(x)
-        q, k, v = (p(n).reshape(b, 1, c, h * w).transpose(2, 3) for p in (self.q, self.k, self.v))
+        # contiguous [b, 1, HW, C]: SDPA's fused kernels need a unit stride on the last dimension
+        q, k, v = (p(n).reshape(b, 1, c, h * w).transpose(2, 3).contiguous() for p in (self.q, self.k, self.v))
         a = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(b, c, h, w)
         return x + self.proj_out(a)
 

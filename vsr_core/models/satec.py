@@ -129,7 +129,8 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, heads: int) -> Tensor
     one real token."""
     N, S, D = q.shape
     d = D // heads
-    q, k, v = (t.reshape(N, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    # contiguous heads: SDPA's fused kernels need a unit stride on the last dimension (k, v come strided)
+    q, k, v = (t.reshape(N, -1, heads, d).transpose(1, 2).contiguous() for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
     return out.transpose(1, 2).reshape(N, S, D)
 

@@ -199,7 +199,8 @@ class TemporalAttention(nn.Module):
                    (self.to_q, self.to_k, self.to_v))
         if self.rotary_dim:
             q, k = apply_rotary(q, self.rotary_dim), apply_rotary(k, self.rotary_dim)
-        bias = self.time_rel_pos_bias(f, x.device).to(q.dtype)  # [heads, F, F], broadcast over N
+        # [1, heads, F, F], broadcast over N (a 4-D mask: a 3-D one sends SDPA to its slow math path)
+        bias = self.time_rel_pos_bias(f, x.device).to(q.dtype)[None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.to_out[1](self.to_out[0](out.transpose(1, 2).flatten(2)))
 
