@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -377,3 +378,81 @@ def test_shipped_configs_build_the_published_sizes():
     assert shipped_config("stablevsr", "controlnet")["conditioning_embedding_out_channels"] == [64, 128, 256]
     assert shipped_config("stablevsr", "unet")["num_class_embeds"] is None
     assert shipped_config("sd_x4", "unet")["num_class_embeds"] == 1000
+
+
+# --------------------------------------------------------------------------- reading without a file mapping
+
+def test_read_safetensors_matches_the_reference_reader_and_refuses_a_cut_file(tmp_path):
+    from vsr_core.loaders.common import read_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(3, 4, 3, 3, generator=g), "h": torch.randn(5, generator=g).half(),
+               "b": torch.randn(2, 7, generator=g).bfloat16(), "i": torch.arange(6).reshape(2, 3),
+               "m": torch.tensor([True, False]), "s": torch.tensor(2.5), "e": torch.zeros(0, 4)}
+    path = tmp_path / "x.safetensors"
+    save_file(tensors, str(path), metadata={"note": "kept out of the tensors"})
+    ours, ref = read_safetensors(path), load_file(str(path))
+    assert ours.keys() == ref.keys() == tensors.keys()
+    for k in ref:
+        assert ours[k].dtype == ref[k].dtype and ours[k].shape == ref[k].shape and torch.equal(ours[k], ref[k]), k
+        assert ours[k].data_ptr() % 64 == 0 or ours[k].numel() == 0
+    half = read_safetensors(path, torch.bfloat16)  # floating tensors converted as they are read, others kept
+    assert {k: v.dtype for k, v in half.items()} == {"w": torch.bfloat16, "h": torch.bfloat16, "b": torch.bfloat16,
+                                                    "i": torch.int64, "m": torch.bool, "s": torch.bfloat16,
+                                                    "e": torch.bfloat16}
+    assert torch.equal(half["w"], tensors["w"].bfloat16()) and torch.equal(half["i"], tensors["i"])
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(ValueError, match="truncated|bytes in the file"):
+        read_safetensors(tmp_path / "cut.safetensors")
+
+
+CONVERT_PEAK = """
+import resource, sys, torch
+sys.path.insert(0, {repo!r})
+from torch import nn
+from vsr_core.loaders.diffusion import read_weights
+from vsr_core.speed import channels_last_
+with torch.device("meta"):
+    m = nn.Sequential(*[nn.Conv2d(256, 256, 3) for _ in range(12)])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m.load_state_dict(read_weights({path!r}), assign=True)
+channels_last_(m)
+m.to(torch.bfloat16)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_converting_a_loaded_model_in_place_does_not_keep_the_file_resident(tmp_path):
+    """Weights backed by a mapping of their file kept every page of it that was read resident while any
+    one of them lived (a bias): a model converted to channels-last held the file's pages and the copies.
+    Read into memory of their own, converting leaves one copy: peak growth stays near the file's size."""
+    import subprocess
+    import sys
+
+    with torch.device("cpu"):
+        m = torch.nn.Sequential(*[torch.nn.Conv2d(256, 256, 3) for _ in range(12)])
+    path = tmp_path / "convs.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    size = path.stat().st_size  # 28 MB
+    code = CONVERT_PEAK.format(repo=str(Path(__file__).resolve().parents[1]), path=str(path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth = int(done.stdout.strip().splitlines()[-1])
+    assert growth < 1.5 * size, (growth, size)  # a mapped file: about 2x (its pages + the channels-last copy)
+    # read straight into bf16: the fp32 weights are never all in memory (half the file, plus one tensor)
+    code = READ_BF16_PEAK.format(repo=str(Path(__file__).resolve().parents[1]), path=str(path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip().splitlines()[-1]) < 0.75 * size
+
+
+READ_BF16_PEAK = """
+import resource, sys, torch
+sys.path.insert(0, {repo!r})
+from vsr_core.loaders.diffusion import read_weights
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sd = read_weights({path!r}, dtype=torch.bfloat16)
+assert all(v.dtype == torch.bfloat16 for v in sd.values())
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""

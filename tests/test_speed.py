@@ -4,6 +4,7 @@
 to eager cleanly; CFG runs uncond + cond as one batch; prompt embeddings are computed once."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -318,6 +319,10 @@ def test_speed_options_presets_and_auto():
     fast = apply_speed(model, SpeedOptions("fp16", channels_last=True))
     assert fast.dtype == torch.float16 and fast.vae_dtype == torch.float32 and model.dtype == torch.float32
     assert fast.unet.weight.is_contiguous(memory_format=torch.channels_last)
+    # weights stored in bf16 stay bf16 under bf16 autocast (no fp32 copy to compute what bf16 computes)
+    stored = dataclasses.replace(model, dtype=torch.bfloat16)
+    assert apply_speed(stored, SpeedOptions("bf16-autocast")).dtype == torch.bfloat16
+    assert apply_speed(model, SpeedOptions("bf16-autocast")).dtype == torch.float32
     # frozen: under autocast a weight that requires grad keeps a bf16 copy for the whole region
     assert not any(p.requires_grad for m in (fast.unet, fast.vae) for p in m.parameters())
     # embeddings computed in fp16 must not reach an fp32 run of the original bundle, nor the reverse

@@ -307,9 +307,12 @@ def apply_speed(model, options: SpeedOptions):
         if options.channels_last:
             channels_last_(module)
         maybe_compile(module, options)
-    same = options.weight_dtype == model.dtype
+    dtype = options.weight_dtype
+    if options.autocast_dtype is not None and model.dtype == options.autocast_dtype:
+        dtype = model.dtype  # stored in the autocast dtype already: computing in it needs no fp32 copy
+    same = dtype == model.dtype
     vae_dtype = torch.bfloat16 if options.vae_bf16 and options.autocast_dtype is None else torch.float32
-    return dataclasses.replace(model, dtype=options.weight_dtype, vae_dtype=vae_dtype,
+    return dataclasses.replace(model, dtype=dtype, vae_dtype=vae_dtype,
                                _prompt_cache=model._prompt_cache if same else {})
 
 

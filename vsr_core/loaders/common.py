@@ -1,8 +1,10 @@
 """What every strict loader shares: comparing a file's keys with a model's and saying what is wrong."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Mapping
 
+import torch
 from torch import Tensor
 
 
@@ -36,3 +38,44 @@ def mismatch_message(header: str, missing, unexpected, shapes, hint: str = "", l
     if hint:
         parts.append(hint)
     return " ".join(parts)
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def read_safetensors(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file, each read into its own (64-byte aligned) CPU memory;
+    ``dtype``: floating-point tensors are converted to it as they are read, one at a time, so a model
+    stored in bf16 never has all its fp32 weights in memory at once.
+
+    Not memory-mapped, unlike ``safetensors.torch.load_file``: tensors backed by a file mapping keep the
+    whole mapping, and every page of it that was ever read, resident as long as any one of them lives, so
+    converting a model in place (channels-last, another dtype) left the file's pages beside the new copies
+    (+0.4 to 2.3 GB on the released models) until the last untouched tensor (a bias) died. Read with
+    ``readinto``, the file goes through the page cache, which is not this process's memory.
+    """
+    import json
+    import struct
+
+    out: dict[str, Tensor] = {}
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        start = 8 + size
+        for name, info in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                                 key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"tensor {name!r} has dtype {info['dtype']}, which this reader does not know")
+            begin, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            nbytes = t.numel() * t.element_size()
+            if nbytes != end - begin:
+                raise ValueError(f"tensor {name!r}: {end - begin} bytes in the file for shape {info['shape']}")
+            if nbytes:
+                f.seek(start + begin)
+                if f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != nbytes:
+                    raise ValueError(f"tensor {name!r} is cut short: the file is truncated")
+            out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return out

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.bundle import DTYPES, VSRModel
-from .common import first_keys, key_mismatches, mismatch_message
+from .common import first_keys, key_mismatches, mismatch_message, read_safetensors
 
 __all__ = [
     "LAYOUTS",
@@ -133,9 +133,11 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
 
 
 # ------------------------------------------------------------------------------------------- reading
-def read_weights(path: str | Path, what: str = "weights", hint: str = "") -> dict[str, Tensor]:
+def read_weights(path: str | Path, what: str = "weights", hint: str = "",
+                 dtype: torch.dtype | None = None) -> dict[str, Tensor]:
     """Read a ``.safetensors`` file, or a torch pickle (``.ckpt``/``.bin``/``.pth``/``.pt``) through
-    ``torch.load(weights_only=True)``, into a flat ``{name: tensor}`` dict on the CPU.
+    ``torch.load(weights_only=True)``, into a flat ``{name: tensor}`` dict on the CPU; ``dtype``: the
+    floating-point tensors in that dtype (a safetensors file is converted tensor by tensor as it is read).
 
     A pickle holding ``{"state_dict": {...}}`` (Lightning/LDM checkpoints) is unwrapped. Raises
     DiffusionWeightsError naming the file, ``what`` it should have been and ``hint`` (where to get it).
@@ -146,14 +148,9 @@ def read_weights(path: str | Path, what: str = "weights", hint: str = "") -> dic
         raise DiffusionWeightsError(f"{what}: file not found: {path}.{tail}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(path), device="cpu")
+            sd: Any = read_safetensors(path, dtype)
         else:
-            try:  # memory-maps zip-format pickles, so a 3.5 GB .ckpt is not read twice into RAM
-                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a usable weight file"
         raise DiffusionWeightsError(
             f"{what}: could not read {path} ({type(exc).__name__}: {_first_line(exc)}). Pickles are opened with "
@@ -163,6 +160,10 @@ def read_weights(path: str | Path, what: str = "weights", hint: str = "") -> dic
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise DiffusionWeightsError(f"{what}: {path} does not hold a flat tensor state dict.{tail}")
+    if dtype is not None:
+        for key in list(sd):  # one at a time: each fp32 tensor is freed as its copy is made
+            if sd[key].is_floating_point():
+                sd[key] = sd[key].to(dtype)
     _align_(sd)
     return sd
 
@@ -180,17 +181,18 @@ def _align_(sd: dict[str, Tensor]) -> None:
             sd[key] = sd[key].clone()
 
 
-def _component_weights(folder: Path, what: str, hint: str) -> tuple[dict[str, Tensor], Path]:
+def _component_weights(folder: Path, what: str, hint: str,
+                       dtype: torch.dtype | None = None) -> tuple[dict[str, Tensor], Path]:
     for name in COMPONENT_WEIGHT_FILES:
         if (folder / name).is_file():
-            return read_weights(folder / name, what, hint), folder / name
+            return read_weights(folder / name, what, hint, dtype), folder / name
     for name in SHARD_INDEX_FILES:
         index = folder / name
         if index.is_file():
             weight_map = _read_json(index).get("weight_map", {})
             sd: dict[str, Tensor] = {}
             for shard in sorted(set(weight_map.values())):
-                sd.update(read_weights(folder / shard, what, hint))
+                sd.update(read_weights(folder / shard, what, hint, dtype))
             return sd, index
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     where = f"{folder} holds {found}" if folder.is_dir() else f"{folder} does not exist"
@@ -496,14 +498,15 @@ def _component_config(folder: Path, method: str, component: str, file: str = "co
 
 
 def _load_component(root: Path, sub: str, cls, method: str, layout: str,
-                    remap: Callable[[dict], dict] | None = None) -> tuple[nn.Module, dict]:
+                    remap: Callable[[dict], dict] | None = None,
+                    dtype: torch.dtype | None = None) -> tuple[nn.Module, dict]:
     folder = root / sub
     hint = f"Expected {SOURCES[layout]}."
     what = f"{sub} of {root.name}"
     if not folder.is_dir():
         raise DiffusionWeightsError(f"{what}: missing folder {folder}. {hint}")
     config, config_src = _component_config(folder, method, sub)
-    sd, weights = _component_weights(folder, what, hint)
+    sd, weights = _component_weights(folder, what, hint, dtype)
     if remap is not None:
         sd = remap(sd)
     module = build_strict(cls, config, sd, what, weights, hint)
@@ -633,12 +636,14 @@ def load_diffusion_model(
 
     if layout in ("stablevsr", "sd_x4_diffusers"):
         cfg_method = "stablevsr" if layout == "stablevsr" else "sd_x4"
-        unet, source["unet"] = _load_component(root, "unet", UNet2DConditionModel, cfg_method, layout)
+        # read straight into the stored dtype: a bf16 model never holds its fp32 weights all at once
+        unet, source["unet"] = _load_component(root, "unet", UNet2DConditionModel, cfg_method, layout,
+                                               dtype=compute)
         vae, source["vae"] = _load_component(root, "vae", AutoencoderKL, cfg_method, layout,
-                                             remap=remap_vae_legacy_attention)
+                                             remap=remap_vae_legacy_attention, dtype=vae_dtype)
         if method == "stablevsr":
             controlnet, source["controlnet"] = _load_component(root, "controlnet", ControlNetModel,
-                                                               "stablevsr", layout)
+                                                               "stablevsr", layout, dtype=compute)
         if text_encoder:
             encoder, tokenizer, text_src = _load_text_side(root, layout, compute)
             source.update(text_src)

@@ -142,11 +142,11 @@ def load_state_dict(path: str | Path, mmap: bool = True) -> dict[str, Tensor]:
     UnsafeCheckpointError (see ``safe_load``) or ValueError when the file holds no tensor dict."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from .common import read_safetensors
 
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        return load_file(str(path), device="cpu")
+        return read_safetensors(path)
     obj = safe_load(path, mmap=mmap)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -128,15 +128,16 @@ def _config(root: Path, part: str) -> tuple[dict, str]:
         f"shipped vsr_core/configs/{CONFIG_METHOD}/{'unet' if part == 'unet' else part}.json"
 
 
-def load_uav_unet(root: str | Path) -> tuple[UNetVideoModel, dict]:
-    """Build the video UNet from ``root/unet`` strictly. Returns (model (fp32/file dtype, eval), source)."""
+def load_uav_unet(root: str | Path, dtype: torch.dtype | None = None) -> tuple[UNetVideoModel, dict]:
+    """Build the video UNet from ``root/unet`` strictly, its floating-point weights read in ``dtype`` (None:
+    the file's). Returns (model (eval), source)."""
     root = Path(root)
     file = _weights_file(root / "unet", "unet_video")
     if file is None:
         raise _missing(root, "unet")
     config, cfg_src = _config(root, "unet")
     what = _PARTS["unet"][3]
-    sd = drop_rotary_freqs(read_weights(file, what, UAV_SOURCE))
+    sd = drop_rotary_freqs(read_weights(file, what, UAV_SOURCE, dtype))
     model = build_strict(UNetVideoModel, config, sd, what, file, UAV_SOURCE)
     return model, {"weights": str(file), "config": cfg_src}
 
@@ -214,7 +215,7 @@ def load_uav_model(
     device, offload = torch.device(device), torch.device(offload_device)
     source: dict[str, Any] = {"path": str(root), "layout": METHOD}
 
-    unet, source["unet"] = load_uav_unet(root)
+    unet, source["unet"] = load_uav_unet(root, compute)  # read straight into the stored dtype
     vaes: dict[str, nn.Module] = {}
     vaes[vae], source[f"vae_{vae}"] = load_uav_vae(root, vae)
     other = "3d" if vae == "video" else "video"
