@@ -331,8 +331,10 @@ GRAPHS["UpscaleAVideo"] = {
     ],
     "notes": [("Upscale-A-Video (Zhou et al., CVPR 2024; weights non-commercial, S-Lab License). Put the official "
                "pretrained_models/upscale_a_video folder (a Google Drive folder: the missing-models dialog cannot "
-               "fetch it) in ComfyUI/models/vsr/upscale_a_video/. Flow is computed on the LR frames (RAFT with the 'uav' convention is the published setting). noise_level 120, CFG 6, 30 "
-               "steps as the official CLI; propagation at the steps -6,-4,-2 counted from the end (24, 26, 28 of 30, as in its README examples).", (0, 860))],
+               "fetch it) in ComfyUI/models/vsr/upscale_a_video/. Flow is computed on the LR frames (RAFT with "
+               "the 'uav' convention is the published setting). noise_level 120, CFG 6, 30 steps as the official "
+               "CLI; propagation at the steps -6,-4,-2 counted from the end (24, 26, 28 of 30, as in its README "
+               "examples).", (0, 860))],
 }
 
 
