@@ -224,22 +224,15 @@ def provide_example_input(source: str | os.PathLike, name: str = EXAMPLE_VIDEO) 
     exists. Returns its path, or None without ComfyUI or when the input folder cannot be written."""
     if _comfy() is None or "input" in _overrides:
         return None
-    from vsr_core.io.video import claim
+    from vsr_core.io.video import write_file
 
     target = Path(input_dir()) / name
     if os.path.lexists(target):
         return target
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{name}.{os.getpid()}.partial")
-        shutil.copyfile(source, tmp)
-        try:
-            claim(tmp, target)
-        except FileExistsError:
-            pass
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_file(target, lambda tmp: shutil.copyfile(source, tmp))
+    except FileExistsError:  # another process put it there meanwhile
+        pass
     except OSError as e:  # a read-only input folder: the workflows then ask for a video
         log.warning("[Diffusion VSR] could not put the example clip into the input folder: %s", e)
         return None

@@ -9,6 +9,9 @@ from vsr_core.io.preview import compare_stills
 from . import comfy_adapter as comfy
 
 CATEGORY = "Diffusion VSR"
+# VALIDATE_INPUTS' default for an optional input: ComfyUI passes a connected (linked) input as None and
+# leaves an unconnected one out, so a node sees which it is
+UNCONNECTED = object()
 
 
 def video_ui(path: Path, subfolder: str, animated: bool) -> dict:

@@ -9,7 +9,7 @@ from vsr_core.io.frames import check_image, nchw_to_image
 
 from . import budget
 from . import comfy_adapter as comfy
-from .common import CATEGORY
+from .common import CATEGORY, UNCONNECTED
 
 DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
 OFFLOAD_CHOICES = ["auto", "keep on GPU", "offload to CPU"]
@@ -431,15 +431,6 @@ class VSR_X4PerFrameSampler:
         return run.output((_latent_out(z, cond),))
 
 
-def _step_list(text: str, steps: int) -> list[int]:
-    """"24, 26, 28" or "-6, -4, -2" (from the end) -> 0-based loop indices, checked against the step count."""
-    from vsr_core.sampling.propagation import resolve_propagation_steps
-
-    return resolve_propagation_steps(text, steps)
-
-
-# VALIDATE_INPUTS' default for an optional input left unconnected (ComfyUI passes None for a linked one)
-_UNCONNECTED = object()
 _NO_FLOW = ("propagation_steps are set but no flow is connected: add Flow Guidance on the LR frames, or clear "
             "propagation_steps")
 
@@ -508,7 +499,7 @@ class VSR_UpscaleAVideoSampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, steps=30, propagation_steps="", flow=_UNCONNECTED):
+    def VALIDATE_INPUTS(cls, steps=30, propagation_steps="", flow=UNCONNECTED):
         # Queue time, before upstream nodes run. Naming an input here turns ComfyUI's own range check of it
         # off (steps is re-checked); a linked input arrives as None and is checked at run time.
         if steps is not None:
@@ -524,7 +515,7 @@ class VSR_UpscaleAVideoSampler:
                 else parse_step_numbers(propagation_steps)
         except ValueError as e:
             return str(e)
-        if prop and flow is _UNCONNECTED:
+        if prop and flow is UNCONNECTED:
             return _NO_FLOW
         return True
 
@@ -537,7 +528,9 @@ class VSR_UpscaleAVideoSampler:
         if model.method != "upscale_a_video":
             raise ValueError(f"this sampler needs an Upscale-A-Video model, got {model.method}")
         cond = _lr_of(lr)
-        prop = _step_list(propagation_steps, steps)
+        from vsr_core.sampling.propagation import resolve_propagation_steps
+
+        prop = resolve_propagation_steps(propagation_steps, steps)  # "-6,-4,-2" counts from the end
         if prop and flow is None:
             raise ValueError(_NO_FLOW)
         if flow is not None and flow.num_frames != cond.num_frames:

@@ -9,12 +9,11 @@ from vsr_core.stream import BLEND_MODES, METHOD_SETTINGS, UPSCALER_METHODS, raft
 
 from . import budget
 from . import comfy_adapter as comfy
-from .common import CATEGORY, video_ui
+from .common import CATEGORY, UNCONNECTED, video_ui
 from .flow import DIS_ENGINE, _raft_engine
 from .video import VIDEO_EXTENSIONS, existing_source, path_problem
 
 MODEL_METHOD = "the connected model"
-_NOT_LINKED = object()  # VALIDATE_INPUTS default of an input that is not connected
 METHODS = [MODEL_METHOD, *UPSCALER_METHODS]
 
 
@@ -118,12 +117,12 @@ class VSR_StreamUpscaleVideo:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, path="", video_info=_NOT_LINKED):
+    def VALIDATE_INPUTS(cls, path="", video_info=UNCONNECTED):
         # as the loader's: a typed path is checked here (once: only `path` carries the message), `video` by
         # ComfyUI against the file list. A connected video_info (it arrives as None) replaces both.
-        if video_info is not _NOT_LINKED:
+        if video_info is not UNCONNECTED:
             return True
-        return path_problem("", path) or True
+        return path_problem(path) or True
 
     def run(self, method, video="", steps=0, seed=42, prompt="", negative_prompt="", settings="",
             flow_engine=DIS_ENGINE, chunk_frames=0, chunk_overlap=-1, blend="flow", scale=4,

@@ -41,14 +41,14 @@ def existing_source(video: str, path: str) -> str:
     return src
 
 
-def path_problem(video: str, path) -> str | None:
+def path_problem(path) -> str | None:
     """What is wrong with the file a typed ``path`` names, as a queue-time message (None: nothing, or no
     path typed: ComfyUI checks `video` against its file list; a path linked from another node arrives as
     None and is checked when the node runs)."""
     if path is None or not str(path).strip():
         return None
     try:
-        existing_source(video, path)
+        existing_source("", path)
     except (ValueError, OSError) as e:
         return str(e)
     return None
@@ -131,8 +131,7 @@ class VSR_LoadVideoFrames:
         # ComfyUI reports a message from here once for every input named in this signature, so only `path` is
         # named: a typed path is checked here, and `video` by ComfyUI's own check against the file list
         # (which lists only files the node may read). A path linked from another node arrives as None.
-        return path_problem("", path) or True
-
+        return path_problem(path) or True
 
     def load(self, video, frame_load_cap=0, skip_first_frames=0, select_every_nth=1, resize="none",
              custom_width=0, custom_height=0, path="", unique_id=None):

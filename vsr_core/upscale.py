@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import FrameSelection, OutputExistsError, VideoWriter, iter_frames, load_audio, probe
+from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
 from .io.frames import check_image
-from .io.video import write_file
+from .io.video import refuse_existing, write_file
 
 UPSCALE_METHODS = ("learned", "bicubic", "lanczos")
 
@@ -228,9 +228,8 @@ def upscale_file(src: str | os.PathLike, dst: str | os.PathLike, scale: int = 4,
     metadata: container tags. on_exists: when ``dst`` (or ``compare_png``) is taken, see :class:`VideoWriter`.
     Returns the output path; nothing appears there (nor the comparison) unless the run completes.
     """
-    if compare_png is not None and on_exists == "error" and os.path.lexists(compare_png):  # refuse before any work
-        raise OutputExistsError(f"{compare_png} already exists: nothing was written. Choose another name, or ask "
-                                "to replace it.")
+    if compare_png is not None and on_exists == "error":
+        refuse_existing(compare_png)
     info = probe(src)
     total = selection.count(info.num_frames)
     if total == 0:

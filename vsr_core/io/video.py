@@ -304,6 +304,14 @@ class OutputExistsError(FileExistsError):
     """The output name is taken and replacing it was not asked for; the message says what to do."""
 
 
+def refuse_existing(path: str | os.PathLike) -> None:
+    """Raise ``OutputExistsError`` when ``path`` exists: the check an ``on_exists="error"`` write makes before
+    any work, so that a refusal never comes after it."""
+    if os.path.lexists(path):
+        raise OutputExistsError(f"{path} already exists: nothing was written. Choose another name, or ask to "
+                                "replace it.")
+
+
 def _partial_file(path: Path) -> Path:
     """A new, unique temporary file beside ``path`` (two writers to one name never share it)."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
@@ -371,7 +379,7 @@ def write_file(path: str | os.PathLike, write, on_exists: str = "error") -> Path
     the name is free (``"error"``: ``FileExistsError`` otherwise). Nothing partial is left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    tmp = _partial_file(path)
     try:
         write(tmp)
         (replace if on_exists == "replace" else claim)(tmp, path)
@@ -427,9 +435,8 @@ class VideoWriter:
         self._container = None
         self._stream = None
         self._size: tuple[int, int] | None = None
-        if on_exists == "error" and os.path.lexists(self.path):  # refuse before any work, not after it
-            raise OutputExistsError(f"{self.path} already exists: nothing was written. Choose another name, or "
-                                    "ask to replace it.")
+        if on_exists == "error":
+            refuse_existing(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if ext:
             self._tmp = _partial_file(self.path)

@@ -15,7 +15,6 @@ configs in ``vsr_core/configs/mgld`` (or ``configs=``) and loaded with ``strict=
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping
 
@@ -188,15 +187,14 @@ def convert_to_safetensors(ckpt: str | Path, out: str | Path | None = None, on_e
     the new file is complete. Returns the written path."""
     from safetensors.torch import save_file
 
-    from ..io.video import OutputExistsError, write_file
+    from ..io.video import refuse_existing, write_file
 
     ckpt = Path(ckpt)
     out = Path(out) if out is not None else ckpt.with_suffix(".safetensors")
     if out.resolve() == ckpt.resolve():
         raise ValueError(f"convert_to_safetensors: the output {out} would overwrite the input")
-    if on_exists == "error" and os.path.lexists(out):
-        raise OutputExistsError(f"{out} already exists: nothing was written. Choose another name, or ask to "
-                                "replace it.")
+    if on_exists == "error":
+        refuse_existing(out)
     try:
         sd = load_state_dict(ckpt)
     except UnsafeCheckpointError as exc:
