@@ -319,3 +319,17 @@ def test_bad_fps_and_format():
         VideoWriter("/tmp/x.mp4", 0)
     with pytest.raises(ValueError, match="unknown output format"):
         VideoWriter("/tmp/x.avi", 24, fmt="avi")
+
+
+def test_sixteen_bit_ffv1_stores_the_integers_it_was_given(tmp_path):
+    from vsr_core.io.video import iter_stored_frames
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 65536, (3, 10, 14, 3), dtype=np.uint16)
+    out = save_video(frames, tmp_path / "master.mkv", 24, fmt="mkv (ffv1 lossless)", pix_fmt="gbrp16le")
+    assert probe(out).bit_depth == 16
+    assert np.array_equal(np.concatenate(list(iter_stored_frames(out, chunk=2))), frames)
+    eight = rng.integers(0, 256, (2, 10, 14, 3), dtype=np.uint8)
+    out8 = save_video(eight, tmp_path / "eight.mkv", 24, fmt="mkv (ffv1 lossless)")
+    (back,) = iter_stored_frames(out8)
+    assert back.dtype == np.uint8 and np.array_equal(back, eight)

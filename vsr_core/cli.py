@@ -2,6 +2,7 @@
 
     python -m vsr_core upscale IN OUT --scale 4 [--method learned] [--frames N] [--skip N] [--nth N]
     python -m vsr_core stream IN OUT --method upscale_a_video --model DIR [--chunk N --overlap N --blend flow]
+    python -m vsr_core stream IN1 IN2 DIR/ --workers 4 [--ray-address ADDR]   # segments spread over Ray
     python -m vsr_core demo [--out DIR]          # the README's main job on the bundled clip
     python -m vsr_core render IMAGE OUT_LR.mp4   # a clip with known ground truth (virtual camera)
     python -m vsr_core probe IN
@@ -99,24 +100,55 @@ def cmd_upscale(args) -> int:
     return 0
 
 
-def cmd_stream(args) -> int:
-    """The streaming path of the VSR_StreamUpscaleVideo node: chunk by chunk, bounded memory."""
-    from .flow import DISEngine
-    from .io import FrameSelection, format_for_path
-    from .stream import DIFFUSION_METHODS, StreamPipeline, raft_convention, stream_video
+def _stream_pairs(args) -> list[tuple[Path, Path]] | None:
+    """(input, output) pairs of ``stream IN [IN ...] OUT``: one file to one file, or many files (or a folder
+    of videos) into the folder OUT as ``NAME_x4.EXT``; None after saying on stderr what is wrong."""
+    from .io import OUTPUT_FORMATS, VIDEO_EXTENSIONS
 
-    src, dst = Path(args.input), Path(args.output)
-    if not _paths_ok(src, dst) or not _outputs_free(args, dst):
+    *inputs, out = [Path(p) for p in args.paths]
+    if not inputs:
+        print("error: give an input video and an output path", file=sys.stderr)
+        return None
+    if len(inputs) == 1 and not inputs[0].is_dir():
+        return [(inputs[0], out)] if _paths_ok(inputs[0], out) else None
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_EXTENSIONS)
+        elif _paths_ok(p, out / p.name):
+            files.append(p)
+        else:
+            return None
+    if not files:
+        print(f"error: no video files in {', '.join(map(str, inputs))}", file=sys.stderr)
+        return None
+    if out.exists() and not out.is_dir():
+        print(f"error: with several inputs the output must be a folder, and {out} is a file", file=sys.stderr)
+        return None
+    ext = OUTPUT_FORMATS[args.format][0] if args.format else ".mp4"
+    scale = 4 if args.method not in ("learned", "bicubic", "lanczos") else args.scale
+    pairs = [(f, out / f"{f.stem}_x{scale}{ext}") for f in files]
+    names = [d.name for _, d in pairs]
+    if len(set(names)) != len(names):
+        print("error: two inputs have the same name; they would be written to the same output", file=sys.stderr)
+        return None
+    return pairs
+
+
+def cmd_stream(args) -> int:
+    """The streaming path of the VSR_StreamUpscaleVideo node: chunk by chunk, bounded memory; with
+    ``--workers``/``--ray-address``, segments of the video(s) spread over a Ray cluster."""
+    from .io import FrameSelection, format_for_path
+    from .stream import DIFFUSION_METHODS, PipelineSpec, stream_video
+
+    pairs = _stream_pairs(args)
+    if pairs is None or not _outputs_free(args, *(dst for _, dst in pairs)):
         return 2
-    device = _resolve_device(args.device)
-    model, settings = None, {}
+    settings = {}
     if args.method in DIFFUSION_METHODS:
         if not args.model:
             print(f"error: --method {args.method} needs --model (the method's official folder)", file=sys.stderr)
             return 2
-        from .loaders import load_method_model
-
-        model = load_method_model(args.method, args.model, dtype=args.dtype, device=device)
         try:
             settings = json.loads(args.settings) if args.settings else {}
         except json.JSONDecodeError as e:
@@ -125,25 +157,60 @@ def cmd_stream(args) -> int:
         for key in ("steps", "seed"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)
-    engine = DISEngine(args.dis_preset)
-    if args.raft:
-        from .flow.raft import RAFTEngine
-        from .loaders.raft import load_raft
-
-        engine = RAFTEngine.for_method(load_raft(args.raft), raft_convention(args.method), device=device)
-    pipe = StreamPipeline(args.method, model, engine, settings, weights=args.weights, tile=args.tile,
-                          speed=args.speed)
+    spec = PipelineSpec.make(args.method, settings, model=args.model, weights=args.weights, raft=args.raft,
+                             dtype=args.dtype, tile=args.tile, speed=args.speed, dis_preset=args.dis_preset)
     sel = FrameSelection(skip_first=args.skip, nth=args.nth, cap=args.frames)
-    report, close = _progress_bar(f"stream x{args.scale} ({args.method})")
+    common = dict(selection=sel, scale=args.scale, chunk=args.chunk, overlap=args.overlap, blend=args.blend,
+                  crf=args.crf, pix_fmt=args.pix_fmt, keep_audio=not args.no_audio)
     t0 = time.perf_counter()
+    if args.workers or args.ray_address:
+        return _stream_distributed(args, spec, pairs, common, t0)
+    pipe = spec.build(_resolve_device(args.device))
+    for src, dst in pairs:
+        report, close = _progress_bar(f"stream x{args.scale} ({args.method}) {src.name}")
+        try:
+            out = stream_video(src, dst, pipe, fmt=args.format or format_for_path(dst), progress=report,
+                               device=_resolve_device(args.device), on_exists=_on_exists(args), **common)
+        finally:
+            close()
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _stream_distributed(args, spec, pairs, common, t0) -> int:
+    from .distributed import StreamJob, run_distributed
+    from .io import format_for_path
+
     try:
-        out = stream_video(src, dst, pipe, sel, scale=args.scale, chunk=args.chunk, overlap=args.overlap,
-                           blend=args.blend, fmt=args.format or format_for_path(dst), crf=args.crf,
-                           pix_fmt=args.pix_fmt, keep_audio=not args.no_audio, device=device, progress=report,
-                           on_exists=_on_exists(args))
+        import ray  # noqa: F401
+    except ImportError:
+        print("error: --workers and --ray-address need Ray: pip install 'ray>=2.9' (the node pack does not)",
+              file=sys.stderr)
+        return 2
+    jobs = [StreamJob(str(src), str(dst), spec, fmt=args.format or format_for_path(dst), **common)
+            for src, dst in pairs]
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    bar = tqdm(desc=f"stream x{args.scale} ({args.method}) on Ray", unit="frame", dynamic_ncols=True) if tqdm else None
+
+    def report(status) -> None:
+        if bar is None:
+            return
+        bar.total = status.total
+        bar.update(status.done - bar.n)
+        bar.set_postfix_str(" ".join(f"{w} {r:.2f}/s" for w, r in status.rates.items()))
+    try:
+        outs = run_distributed(jobs, workers=args.workers, address=args.ray_address,
+                               segment_frames=args.segment_frames, device=args.device, threads=args.threads_per_worker,
+                               retries=args.retries, progress=report, on_exists=_on_exists(args))
     finally:
-        close()
-    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+        if bar is not None:
+            bar.close()
+    for out in outs:
+        print(f"wrote {out}")
+    print(f"{len(outs)} file(s) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -267,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stream", help="upscale a video file chunk by chunk with any method (diffusion too): "
                         "bounded memory, overlapping chunks crossfaded, temporal state carried across chunks")
-    st.add_argument("input")
-    st.add_argument("output")
+    st.add_argument("paths", nargs="+", metavar="IN [IN ...] OUT",
+                    help="one video and the output file, or several videos / folders of videos and an output folder")
     st.add_argument("--method", default="learned", choices=STREAM_METHODS)
     st.add_argument("--model", default=None, help="the diffusion method's official folder (StableVSR/x4 diffusers "
                     "folder or x4 single file; Upscale-A-Video folder; MGLD folder)")
@@ -296,6 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pix-fmt", dest="pix_fmt", default=None)
     st.add_argument("--device", default="auto")
     st.add_argument("--no-audio", action="store_true")
+    rg = st.add_argument_group("on a Ray cluster (pip install 'ray>=2.9'; see the README, 'Many GPUs and hosts')")
+    rg.add_argument("--workers", type=int, default=0,
+                    help="segments upscaled at once on Ray (0 = this process alone, unless --ray-address is given)")
+    rg.add_argument("--ray-address", dest="ray_address", default=None,
+                    help="a running cluster ('auto', 'HOST:6379', 'ray://HOST:10001'); without it --workers starts "
+                    "a local one")
+    rg.add_argument("--segment-frames", dest="segment_frames", type=int, default=0,
+                    help="frames per segment (whole chunks; 0 = 64 for the exact methods, 240 for diffusion, whose "
+                    "segment borders restart the carried state)")
+    rg.add_argument("--threads-per-worker", dest="threads_per_worker", type=int, default=0,
+                    help="torch threads of a CPU worker (0 = the cluster's CPUs shared among the workers)")
+    rg.add_argument("--retries", type=int, default=3, help="times a segment is rerun when its worker dies")
     _overwrite_flag(st)
     st.set_defaults(func=cmd_stream)
 

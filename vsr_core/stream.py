@@ -42,7 +42,8 @@ from torch import Tensor
 
 from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
 
-__all__ = ["STREAM_METHODS", "BLEND_MODES", "METHOD_SETTINGS", "StreamPipeline", "ChunkCarry", "frame_noise",
+__all__ = ["STREAM_METHODS", "BLEND_MODES", "METHOD_SETTINGS", "method_settings", "StreamPipeline", "PipelineSpec", "ChunkCarry",
+           "frame_noise",
            "plan_chunks", "overlapping_chunks", "raft_convention", "crossfade_weights", "ChunkBlender", "stream_video",
            "default_overlap", "auto_chunk_frames"]
 
@@ -63,6 +64,25 @@ METHOD_SETTINGS: dict[str, dict] = {
     "mgld": dict(steps=50, seed=42, guidance_scale=-10.0, segment=5, segment_mode="overlap", segment_overlap=2,
                  tile=64, tile_overlap=32, min_side=512, dec_w=1.0, color_fix="adain"),
 }
+
+
+def method_settings(method: str, settings: dict) -> dict:
+    """``settings`` completed with the method's published values and checked (unknown keys, UAV's
+    propagation steps resolved: -1 = the last step), before any frame is read."""
+    if method not in DIFFUSION_METHODS:
+        if settings:
+            raise ValueError(f"the {method} upscaler takes no sampler settings, got {sorted(settings)}")
+        return {}
+    known = METHOD_SETTINGS[method]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {method} setting(s) {unknown}; known: {sorted(known)}")
+    out = {**known, **{k: v for k, v in settings.items() if v is not None}}
+    if "propagation_steps" in known:
+        from .sampling.propagation import resolve_propagation_steps
+
+        out["propagation_steps"] = resolve_propagation_steps(out["propagation_steps"], out["steps"])
+    return out
 
 
 @dataclass
@@ -96,18 +116,7 @@ class StreamPipeline:
             if getattr(self.model, "method", None) != self.method:
                 raise ValueError(f"method {self.method!r} was asked for but the model is a "
                                  f"{getattr(self.model, 'method', type(self.model).__name__)} model")
-            known = METHOD_SETTINGS[self.method]
-            unknown = sorted(set(self.settings) - set(known))
-            if unknown:
-                raise ValueError(f"unknown {self.method} setting(s) {unknown}; known: {sorted(known)}")
-            self.settings = {**known, **{k: v for k, v in self.settings.items() if v is not None}}
-            if "propagation_steps" in known:  # refused here, before a frame is read; -1 = the last step
-                from .sampling.propagation import resolve_propagation_steps
-
-                self.settings["propagation_steps"] = resolve_propagation_steps(self.settings["propagation_steps"],
-                                                                               self.settings["steps"])
-        elif self.settings:
-            raise ValueError(f"the {self.method} upscaler takes no sampler settings, got {sorted(self.settings)}")
+        self.settings = method_settings(self.method, self.settings)
 
     @property
     def diffusion(self) -> bool:
@@ -119,6 +128,70 @@ class StreamPipeline:
 
             self.flow_engine = DISEngine("medium")
         return self.flow_engine
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A :class:`StreamPipeline` described by file paths and settings only (what the CLI's options say),
+    so that it can be sent to another process or host and built there (``build``), loading the model
+    from ``model`` once per process.
+
+    model: the diffusion method's folder/file; dtype: its load dtype; raft: a RAFT weights file used
+    for the flows instead of DIS at ``dis_preset``. The other fields are :class:`StreamPipeline`'s.
+    """
+
+    method: str = "learned"
+    model: str | None = None
+    dtype: str = "auto"
+    settings: tuple = ()  # sorted (key, value) pairs: hashable, so a process caches one built pipeline per spec
+    weights: str | None = None
+    tile: int = 0
+    speed: str = "as loaded"
+    dis_preset: str = "medium"
+    raft: str | None = None
+
+    @classmethod
+    def make(cls, method: str, settings: dict | None = None, model=None, weights=None, raft=None,
+             **kw) -> "PipelineSpec":
+        """From the CLI's values: paths may be ``Path``s, settings a dict (lists become tuples)."""
+        items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (settings or {}).items()))
+        text = lambda v: None if v is None else str(v)  # noqa: E731
+        return cls(method=method, settings=items, model=text(model), weights=text(weights), raft=text(raft), **kw)
+
+    def engine(self, device: str | torch.device = "cpu"):
+        """The flow engine: RAFT from ``raft`` (in the method's own calling convention) or DIS."""
+        if self.raft:
+            from .flow.raft import RAFTEngine
+            from .loaders.raft import load_raft
+
+            return RAFTEngine.for_method(load_raft(self.raft), raft_convention(self.method), device=device)
+        from .flow import DISEngine
+
+        return DISEngine(self.dis_preset)
+
+    def build(self, device: str | torch.device = "cpu") -> StreamPipeline:
+        """Load the model (if any) onto ``device`` and return the pipeline; one cached per process."""
+        key = (self, str(device))
+        if key not in _BUILT:
+            model = None
+            if self.method in DIFFUSION_METHODS:
+                if not self.model:
+                    raise ValueError(f"method {self.method!r} needs its model (CLI: --model PATH)")
+                if not os.path.exists(self.model):
+                    import socket
+
+                    raise FileNotFoundError(f"model {self.model} not found on host {socket.gethostname()}: every "
+                                            "host that runs a worker needs it at the same path (a shared folder)")
+                from .loaders import load_method_model
+
+                model = load_method_model(self.method, self.model, dtype=self.dtype, device=device)
+            _BUILT.clear()  # one model per process: a worker never holds two
+            _BUILT[key] = StreamPipeline(self.method, model, self.engine(device), dict(self.settings),
+                                         weights=self.weights, tile=self.tile, speed=self.speed)
+        return _BUILT[key]
+
+
+_BUILT: dict = {}
 
 
 def raft_convention(method: str) -> str:

@@ -122,6 +122,21 @@ def _to_array(frame, high_bit: bool) -> np.ndarray:
     return frame.to_ndarray(format="rgb48le" if high_bit else "rgb24")
 
 
+def iter_stored_frames(path: str | os.PathLike, chunk: int = 16) -> Iterator[np.ndarray]:
+    """Yield a video's frames as stored, ``[n, H, W, 3]`` uint8 (uint16 for sources above 8 bits), no
+    conversion to float: a lossless file reads back exactly the integers it was written from."""
+    high_bit = probe(path).bit_depth > 8
+    buf: list[np.ndarray] = []
+    with _open(path) as container:
+        for frame in container.decode(container.streams.video[0]):
+            buf.append(_to_array(frame, high_bit))
+            if len(buf) >= chunk:
+                yield np.stack(buf)
+                buf = []
+    if buf:
+        yield np.stack(buf)
+
+
 def _resize(arr: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if size is None or (arr.shape[0], arr.shape[1]) == tuple(size):
         return arr
@@ -280,6 +295,7 @@ OUTPUT_FORMATS = {
     "png sequence": ("", "png", "rgb24"),
 }
 PIXEL_FORMATS = ("yuv420p", "yuv444p", "yuv420p10le")
+FFV1_PIXEL_FORMATS = ("bgr0", "gbrp16le")  # 8-bit and 16-bit RGB, both lossless
 
 
 def format_for_path(path: str | os.PathLike) -> str:
@@ -426,7 +442,9 @@ class VideoWriter:
         self.fps = _fps_fraction(float(fps))
         self.crf = int(crf)
         self.pix_fmt = pix_fmt if (pix_fmt and self.codec in ("libx264", "libx265")) else default_pix
-        if self.pix_fmt not in PIXEL_FORMATS + ("bgr0", "rgb24"):
+        if self.codec == "ffv1" and pix_fmt in FFV1_PIXEL_FORMATS:  # 16-bit RGB: a lossless master of 10-bit work
+            self.pix_fmt = pix_fmt
+        if self.pix_fmt not in PIXEL_FORMATS + FFV1_PIXEL_FORMATS + ("rgb24",):
             raise ValueError(f"unknown pixel format {pix_fmt!r}; choose one of {PIXEL_FORMATS}")
         self.audio = audio
         self.metadata = metadata or {}
@@ -447,7 +465,7 @@ class VideoWriter:
     # -- helpers
     @property
     def _high_bit(self) -> bool:
-        return self.pix_fmt.endswith("10le")
+        return self.pix_fmt.endswith(("10le", "16le"))
 
     def _open_stream(self, h: int, w: int):
         self._size = (h, w)
