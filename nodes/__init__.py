@@ -12,7 +12,7 @@ from . import comfy_adapter
 
 log = logging.getLogger("diffusion_vsr")
 
-NODE_MODULES = ("video", "upscale", "flow", "diffusion", "satec", "stream")
+NODE_MODULES = ("video", "upscale", "flow", "diffusion", "temporal", "satec", "stream")
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 IMPORT_ERRORS: dict[str, str] = {}
@@ -30,6 +30,10 @@ for _name in NODE_MODULES:
 comfy_adapter.register_model_folders()
 comfy_adapter.provide_example_input(comfy_adapter.PACK_ROOT / "vsr_core" / "assets" / "demo_coffee_lr.mp4")
 comfy_adapter.install_device_manager()  # sub-models load through ComfyUI's model management
+if "temporal" not in IMPORT_ERRORS:  # mechanism chains a sampler cannot run are refused when queued
+    from .temporal import check_prompt
+
+    comfy_adapter.add_prompt_check(check_prompt)
 if "video" not in IMPORT_ERRORS:  # the loader's "preview the selected frames" request (js/vsr_video.js)
     from .video import preview_selection
 

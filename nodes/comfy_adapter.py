@@ -418,6 +418,26 @@ def add_file_route(path: str, produce) -> bool:
     return True
 
 
+def add_prompt_check(check) -> bool:
+    """Run ``check(prompt)`` on every prompt queued to ComfyUI's server, before its validation (an
+    ``on_prompt`` handler); ``check`` may edit the prompt in place. Returns False without a server."""
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+    except Exception:
+        return False
+
+    def handler(json_data):
+        prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+        if isinstance(prompt, dict):
+            check(prompt)
+        return json_data
+
+    server.add_on_prompt_handler(handler)
+    return True
+
+
 def soft_empty_cache() -> None:
     c = _comfy()
     if c is not None:

@@ -10,6 +10,7 @@ from vsr_core.io.frames import check_image, nchw_to_image
 from . import budget
 from . import comfy_adapter as comfy
 from .common import CATEGORY, UNCONNECTED
+from .temporal import SAMPLER_INPUT, refuse_early, validate_temporal
 
 DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
 OFFLOAD_CHOICES = ["auto", "keep on GPU", "offload to CPU"]
@@ -339,12 +340,17 @@ class VSR_StableVSRSampler:
                                                      "use 96-128 for large frames on small GPUs. Out of memory: "
                                                      "retried with smaller tiles."}),
             },
-            "optional": {"speed": budget.SPEED_INPUT},
+            "optional": {"speed": budget.SPEED_INPUT, "temporal": SAMPLER_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, temporal=UNCONNECTED):
+        return validate_temporal(temporal)  # a chain the prompt check refused (nodes/temporal.py)
+
     def sample(self, model, lr, flow, steps=50, scheduler="ddpm", seed=42, temporal_conditioning=True,
-               bidirectional=True, keep_on_cpu=True, guidance_tile=0, speed="as loaded", unique_id=None):
+               bidirectional=True, keep_on_cpu=True, guidance_tile=0, speed="as loaded", temporal=None,
+               unique_id=None):
         from vsr_core.sampling.prompt import prompt_embeddings
         from vsr_core.sampling.stablevsr import sample_stablevsr
 
@@ -352,6 +358,7 @@ class VSR_StableVSRSampler:
             raise ValueError(f"this {model.method} model has no ControlNet (Temporal Conditioning Module): load a "
                              "StableVSR folder, or turn temporal_conditioning off")
         cond = _lr_of(lr)
+        refuse_early(temporal, "stablevsr", cond.num_frames, steps, model)
         if flow is not None and flow.num_frames != cond.num_frames:
             raise ValueError(f"the flow covers {flow.num_frames} frames but the LR latent has {cond.num_frames}: "
                              "compute both from the same clip")
@@ -369,7 +376,7 @@ class VSR_StableVSRSampler:
             callback = _sampler_progress(steps * cond.num_frames, unique_id, cond.num_frames)
             return sample_stablevsr(model, cond, flow, embeds, steps=steps, scheduler=scheduler, seed=seed,
                                     tcm=temporal_conditioning, bidirectional=bidirectional, keep_on_cpu=keep_on_cpu,
-                                    guidance_tile=tile, callback=callback)
+                                    guidance_tile=tile, callback=callback, temporal=temporal or ())
         with speed_ctx:
             z = run(sample)
         comfy.soft_empty_cache()
@@ -404,16 +411,21 @@ class VSR_X4PerFrameSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Same seed, same result."}),
             },
-            "optional": {"speed": budget.SPEED_INPUT},
+            "optional": {"speed": budget.SPEED_INPUT, "temporal": SAMPLER_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, temporal=UNCONNECTED):
+        return validate_temporal(temporal)  # a chain the prompt check refused (nodes/temporal.py)
+
     def sample(self, model, lr, prompt="", negative_prompt="", guidance_scale=9.0, steps=50, scheduler="ddim",
-               seed=0, speed="as loaded", unique_id=None):
+               seed=0, speed="as loaded", temporal=None, unique_id=None):
         from vsr_core.sampling.prompt import prompt_embeddings
         from vsr_core.sampling.x4 import sample_per_frame
 
         cond = _lr_of(lr)
+        refuse_early(temporal, "sd_x4", cond.num_frames, steps, model)
         embeds = prompt_embeddings(model, prompt)
         negative = prompt_embeddings(model, negative_prompt) if guidance_scale > 1 else None
         model, speed_ctx = budget.speeded(model, speed)
@@ -426,7 +438,8 @@ class VSR_X4PerFrameSampler:
         callback = _sampler_progress(steps * cond.num_frames, unique_id, cond.num_frames)
         with speed_ctx:
             z = run(lambda _tile: sample_per_frame(model, cond, embeds, negative, guidance_scale=guidance_scale,
-                                                   steps=steps, scheduler=scheduler, seed=seed, callback=callback))
+                                                   steps=steps, scheduler=scheduler, seed=seed, callback=callback,
+                                                   temporal=temporal or ()))
         comfy.soft_empty_cache()
         return run.output((_latent_out(z, cond),))
 
@@ -494,14 +507,18 @@ class VSR_UpscaleAVideoSampler:
             "optional": {
                 "speed": budget.SPEED_INPUT,
                 "flow": ("VSR_FLOW", {"tooltip": "Flow of the LR frames (needed by propagation)."}),
+                "temporal": SAMPLER_INPUT,
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, steps=30, propagation_steps="", flow=UNCONNECTED):
+    def VALIDATE_INPUTS(cls, steps=30, propagation_steps="", flow=UNCONNECTED, temporal=UNCONNECTED):
         # Queue time, before upstream nodes run. Naming an input here turns ComfyUI's own range check of it
         # off (steps is re-checked); a linked input arrives as None and is checked at run time.
+        refused = validate_temporal(temporal)  # a chain the prompt check refused (nodes/temporal.py)
+        if refused is not True:
+            return refused
         if steps is not None:
             spec = cls.INPUT_TYPES()["required"]["steps"][1]
             if isinstance(steps, bool) or not isinstance(steps, int) or not spec["min"] <= steps <= spec["max"]:
@@ -521,7 +538,7 @@ class VSR_UpscaleAVideoSampler:
 
     def sample(self, model, lr, prompt="", negative_prompt="", guidance_scale=6.0, steps=30, seed=10,
                propagation_steps="", window=8, overlap=2, window_merge="running", tile_size=0, tile_overlap=16,
-               tile_merge="hann", flow=None, speed="as loaded", unique_id=None):
+               tile_merge="hann", flow=None, speed="as loaded", temporal=None, unique_id=None):
         from vsr_core.sampling.prompt import prompt_embeddings
         from vsr_core.sampling.uav import sample_uav
 
@@ -530,6 +547,7 @@ class VSR_UpscaleAVideoSampler:
         cond = _lr_of(lr)
         from vsr_core.sampling.propagation import resolve_propagation_steps
 
+        refuse_early(temporal, "upscale_a_video", cond.num_frames, steps, model)
         prop = resolve_propagation_steps(propagation_steps, steps)  # "-6,-4,-2" counts from the end
         if prop and flow is None:
             raise ValueError(_NO_FLOW)
@@ -551,7 +569,8 @@ class VSR_UpscaleAVideoSampler:
             callback = _sampler_progress(steps, unique_id)
             return sample_uav(model, cond, flow, embeds, negative, guidance_scale=guidance_scale, steps=steps,
                               seed=seed, propagation_steps=prop, window=window, overlap=overlap, merge=window_merge,
-                              tile=tile, tile_overlap=tile_overlap, tile_merge=tile_merge, callback=callback)
+                              tile=tile, tile_overlap=tile_overlap, tile_merge=tile_merge, callback=callback,
+                              temporal=temporal or ())
         with speed_ctx:
             z = run(sample)
         comfy.soft_empty_cache()
@@ -608,13 +627,17 @@ class VSR_MGLDSampler:
                                                 "(official: 512; the result is resized back to x4). 0 = exactly x4 "
                                                 "(faster on small inputs)."}),
             },
-            "optional": {"speed": budget.SPEED_INPUT},
+            "optional": {"speed": budget.SPEED_INPUT, "temporal": SAMPLER_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, temporal=UNCONNECTED):
+        return validate_temporal(temporal)  # a chain the prompt check refused (nodes/temporal.py)
+
     def sample(self, model, frames, flow, steps=50, seed=42, guidance_scale=-10.0, segment=5,
                segment_mode="overlap", segment_overlap=2, tile_size=64, tile_overlap=32, min_side=512,
-               speed="as loaded", unique_id=None):
+               speed="as loaded", temporal=None, unique_id=None):
         from vsr_core.sampling.mgld import sample_mgld
 
         if model.method != "mgld":
@@ -622,6 +645,7 @@ class VSR_MGLDSampler:
         if segment_mode == "overlap" and not 0 <= segment_overlap < segment:
             raise ValueError(f"segment_overlap ({segment_overlap}) must be smaller than segment ({segment})")
         lr = check_image(frames).permute(0, 3, 1, 2).contiguous()
+        refuse_early(temporal, "mgld", lr.shape[0], steps, model)
         if flow is not None and flow.num_frames != lr.shape[0]:
             raise ValueError(f"the flow covers {flow.num_frames} frames but there are {lr.shape[0]}: "
                              "compute both from the same clip")
@@ -640,7 +664,8 @@ class VSR_MGLDSampler:
             overlap = tile_overlap if tile == tile_size else min(tile_overlap, tile // 2)
             return sample_mgld(model, lr, flow, steps=steps, seed=seed, guidance_scale=guidance_scale,
                                segment=segment, segment_mode=segment_mode, tile=tile, tile_overlap=overlap,
-                               callback=callback, min_side=min_side, segment_overlap=segment_overlap)
+                               callback=callback, min_side=min_side, segment_overlap=segment_overlap,
+                               temporal=temporal or ())
         with speed_ctx:
             z = run(sample)
         comfy.soft_empty_cache()

@@ -12,7 +12,8 @@ from vsr_core.io.frames import check_image, image_to_nchw, nchw_to_image
 
 from . import budget
 from . import comfy_adapter as comfy
-from .common import CATEGORY
+from .common import CATEGORY, UNCONNECTED
+from .temporal import SAMPLER_INPUT, refuse_early, validate_temporal
 from .diffusion import DTYPE_CHOICES, LATENT_KEY, OFFLOAD_CHOICES, SCHEDULERS, _make_room
 
 NO_ADAPTERS = "none (untrained: train them first)"
@@ -119,12 +120,16 @@ class VSR_SATeCoSampler:
                 "clip_length": ("INT", {"default": 6, "min": 1, "max": 64,
                                         "tooltip": "Frames denoised together (the tubelet length; 6 as trained)."}),
             },
-            "optional": {"speed": budget.SPEED_INPUT},
+            "optional": {"speed": budget.SPEED_INPUT, "temporal": SAMPLER_INPUT},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, temporal=UNCONNECTED):
+        return validate_temporal(temporal)  # a chain the prompt check refused (nodes/temporal.py)
+
     def sample(self, model, upscaled, strength=0.5, steps=20, scheduler="ddim", seed=0, clip_length=6,
-               speed="as loaded", unique_id=None):
+               speed="as loaded", temporal=None, unique_id=None):
         from vsr_core.sampling.satec import sample_satec_latents
 
         model = _satec_model(model)
@@ -135,6 +140,7 @@ class VSR_SATeCoSampler:
             raise ValueError(f"the upscaled frames are {W}x{H}; SATeCo needs sides divisible by {f}: resize the input "
                              "with the loader's multiple_of_8 option (x4 of a multiple of 2 is enough)")
         model.satec.require("unet", "The SATeCo sampler")
+        refuse_early(temporal, "satec", frames.shape[0], steps, model)
         x_u = image_to_nchw(frames) * 2 - 1
         model, speed_ctx = budget.speeded(model, speed)
         _make_room(model, "unet", "vae")
@@ -147,7 +153,8 @@ class VSR_SATeCoSampler:
         bar = comfy.Progress(1, unique_id, unit="step")  # the sampler reports steps x clips and their total
         with speed_ctx:
             z = run(lambda _tile: sample_satec_latents(model, model.satec, x_u, strength=strength, steps=steps, seed=seed,
-                                                       clip_length=clip_length, scheduler=scheduler, progress=bar))
+                                                       clip_length=clip_length, scheduler=scheduler, progress=bar,
+                                                       temporal=temporal or ()))
         comfy.soft_empty_cache()
         return run.output(({"samples": z, LATENT_KEY: x_u, "vsr_clip_length": int(clip_length)},))
 

@@ -17,6 +17,7 @@ SMOKE_MODELS = {
     "UpscaleAVideo": ("vsr/upscale_a_video/upscale_a_video", "vsr_core.loaders.uav:write_tiny_uav"),
     "MGLD": ("vsr/mgld/MGLD", "vsr_core.loaders.mgld:write_tiny_mgld"),
     "SATeCo": (".", "smoke_models:write_satec_smoke"),
+    "Combine": ("vsr/sd_x4/stable-diffusion-x4-upscaler", "vsr_core.loaders.tiny:write_tiny_sd_x4"),
 }
 SATECO_BASE = "v2-1_768-ema-pruned.safetensors"  # in models/checkpoints/, as the workflow names it
 SATECO_ADAPTERS = "satec.safetensors"              # in models/vsr/satec/
@@ -26,7 +27,8 @@ SATECO_TINY = dict(latent_guide_channels=16, pixel_guide_channels=8, sfa_hidden=
 
 # widget overrides that keep a smoke run short (sampler steps; MGLD's minimum side)
 FAST = {"VSR_StableVSRSampler": {"steps": 2}, "VSR_UpscaleAVideoSampler": {"steps": 2, "propagation_steps": "1"},
-        "VSR_MGLDSampler": {"steps": 2, "min_side": 0}, "VSR_SATeCoSampler": {"steps": 2}}
+        "VSR_MGLDSampler": {"steps": 2, "min_side": 0}, "VSR_SATeCoSampler": {"steps": 2},
+        "VSR_X4PerFrameSampler": {"steps": 2}, "VSR_TemporalLatentPropagation": {"steps": "-1"}}
 
 
 def write_satec_smoke(models: Path) -> Path:

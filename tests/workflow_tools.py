@@ -24,6 +24,11 @@ UAV_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1O8pbeR1hsRlFUU8O4EUL
 MGLD_MIRROR = "https://huggingface.co/Iceclear/MGLD-VSR/resolve/main"
 RAFT_THINGS = {"name": "raft-things.pth", "url": f"{MGLD_MIRROR}/raft-things.pth", "directory": "vsr_flow"}
 UI_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+# what every workflow ends with: the loader's fps, audio and frames (for the compare slider) into Save Video,
+# and (the diffusion ones) the model and latents into the decoder, the frames into Save Video
+SAVE_LINKS = [("load", 2, "save", "fps"), ("load", 3, "save", "audio"), ("load", 0, "save", "compare_with")]
+DECODE_SAVE_LINKS = [("model", 0, "decode", "model"), ("sampler", 0, "decode", "latent"),
+                     ("decode", 0, "save", "images"), *SAVE_LINKS]
 
 
 def _inputs(cls) -> list[tuple[str, object, dict, bool]]:
@@ -271,12 +276,7 @@ GRAPHS = {
             ("model", 0, "sampler", "model"),
             ("lr", 0, "sampler", "lr"),
             ("flow", 0, "sampler", "flow"),
-            ("model", 0, "decode", "model"),
-            ("sampler", 0, "decode", "latent"),
-            ("decode", 0, "save", "images"),
-            ("load", 2, "save", "fps"),
-            ("load", 3, "save", "audio"),
-            ("load", 0, "save", "compare_with"),
+            *DECODE_SAVE_LINKS,
         ],
         "models": [
             *[{"name": f"StableVSR/{f}", "url": f"https://huggingface.co/claudiom4sir/StableVSR/resolve/main/{f}",
@@ -315,12 +315,7 @@ GRAPHS["UpscaleAVideo"] = {
         ("model", 0, "sampler", "model"),
         ("lr", 0, "sampler", "lr"),
         ("flow", 0, "sampler", "flow"),
-        ("model", 0, "decode", "model"),
-        ("sampler", 0, "decode", "latent"),
-        ("decode", 0, "save", "images"),
-        ("load", 2, "save", "fps"),
-        ("load", 3, "save", "audio"),
-        ("load", 0, "save", "compare_with"),
+        *DECODE_SAVE_LINKS,
     ],
     "models": [
         # the weights exist only as a Google Drive folder: one entry per file (the dialog merges entries that share
@@ -353,12 +348,7 @@ GRAPHS["MGLD"] = {
         ("load", 0, "sampler", "frames"),
         ("model", 0, "sampler", "model"),
         ("flow", 0, "sampler", "flow"),
-        ("model", 0, "decode", "model"),
-        ("sampler", 0, "decode", "latent"),
-        ("decode", 0, "save", "images"),
-        ("load", 2, "save", "fps"),
-        ("load", 3, "save", "audio"),
-        ("load", 0, "save", "compare_with"),
+        *DECODE_SAVE_LINKS,
     ],
     "models": [
         *[{"name": f"MGLD/{f}", "url": f"{MGLD_MIRROR}/{f}", "directory": "vsr_mgld"}
@@ -396,9 +386,7 @@ GRAPHS["SATeCo"] = {
         ("upscale", 0, "refine", "upscaled"),
         ("decode", 0, "refine", "decoded"),
         ("refine", 0, "save", "images"),
-        ("load", 2, "save", "fps"),
-        ("load", 3, "save", "audio"),
-        ("load", 0, "save", "compare_with"),
+        *SAVE_LINKS,
     ],
     "models": [
         {"name": "v2-1_768-ema-pruned.safetensors",
@@ -413,6 +401,46 @@ GRAPHS["SATeCo"] = {
 }
 
 
+SD_X4_REPO = "https://huggingface.co/stabilityai/stable-diffusion-x4-upscaler/resolve/main"
+
+GRAPHS["Combine"] = {
+    "id": "2f6d8b13-7c4e-4a95-9d20-6e1b3c8a5f06",
+    "nodes": {
+        "load": ("VSR_LoadVideoFrames", {"video": EXAMPLE_VIDEO, "frame_load_cap": 16}, (0, 0)),
+        "model": ("VSR_LoadDiffusionModel", {"model": "sd_x4/stable-diffusion-x4-upscaler"}, (0, 600)),
+        "flow": ("VSR_FlowGuidance", {}, (380, 0)),
+        "prop": ("VSR_TemporalLatentPropagation", {"steps": "-6,-4,-2"}, (760, 0)),
+        "mg": ("VSR_TemporalMotionGuidance", {"scale": -10.0}, (1140, 0)),
+        "lr": ("VSR_LatentEncoderLR", {"noise_level": 20}, (380, 360)),
+        "sampler": ("VSR_X4PerFrameSampler", {"steps": 50, "seed": 0}, (1140, 360)),
+        "decode": ("VSR_TemporalVAEDecode", {}, (1520, 360)),
+        "save": ("VSR_SaveVideo", {"filename_prefix": "VSR/Combine"}, (1900, 360)),
+    },
+    "links": [
+        ("load", 0, "flow", "frames"),
+        ("flow", 0, "prop", "flow"),
+        ("flow", 0, "mg", "flow"),
+        ("prop", 0, "mg", "temporal"),
+        ("load", 0, "lr", "frames"),
+        ("model", 0, "lr", "model"),
+        ("model", 0, "sampler", "model"),
+        ("lr", 0, "sampler", "lr"),
+        ("mg", 0, "sampler", "temporal"),
+        *DECODE_SAVE_LINKS,
+    ],
+    "models": [{"name": f"stable-diffusion-x4-upscaler/{f}", "url": f"{SD_X4_REPO}/{f}", "directory": "vsr_sd_x4"}
+               for f in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                         "text_encoder/model.safetensors")],
+    "notes": [("Temporal mechanisms combined: the Stable Diffusion x4 upscaler, which sees one frame at a time, "
+               "with Upscale-A-Video's latent propagation and then MGLD's motion guidance, chained into the "
+               "sampler's temporal input (they act in chain order, after the method's own). Put the "
+               "stabilityai/stable-diffusion-x4-upscaler folder (unet/, vae/, text_encoder/, tokenizer/, "
+               "scheduler/, low_res_scheduler/) in ComfyUI/models/vsr/sd_x4/. Disconnect the temporal input to "
+               "compare with plain per-frame upscaling; the same chain fits the StableVSR, Upscale-A-Video, MGLD "
+               "and SATeCo samplers (README, 'Temporal mechanisms').", (0, 860))],
+}
+
+
 GRAPHS["QuickStart"] = {
     "id": "5c2a7e90-1f3b-4d68-8e0a-9b4d2c6f7a03",
     "nodes": {
@@ -423,9 +451,7 @@ GRAPHS["QuickStart"] = {
     "links": [
         ("load", 0, "upscale", "frames"),
         ("upscale", 0, "save", "images"),
-        ("load", 2, "save", "fps"),
-        ("load", 3, "save", "audio"),
-        ("load", 0, "save", "compare_with"),
+        *SAVE_LINKS,
     ],
     "models": [],
     "notes": [("Quick start: no download needed. The pack's own learned multi-frame upscaler (weights ship with "

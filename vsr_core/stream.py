@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
+from .sampling.mechanisms import Mechanism, Propagation
 
 __all__ = ["STREAM_METHODS", "BLEND_MODES", "METHOD_SETTINGS", "method_settings", "StreamPipeline", "PipelineSpec", "ChunkCarry",
            "frame_noise",
@@ -263,8 +264,10 @@ def frame_noise(seed: int, index: int, shape: tuple, stream: int = 0) -> Tensor:
     return torch.randn(tuple(shape), generator=gen)
 
 
-class ChunkCarry:
-    """``on_x0`` hook carrying sampling state from one chunk to the next.
+class ChunkCarry(Mechanism):
+    """The chunk carry, a temporal mechanism (``on_x0`` hook) carrying sampling state from one chunk to the next:
+    ``x̂0_j ← w_j·x̂0_j + (1 − w_j)·x̂0'_j`` for the overlap frames j, x̂0' the previous chunk's record at the
+    same step (this pack's streaming; the anchoring of Upscale-A-Video's propagation across windows).
 
     incoming: ``{step: [k, C, h, w]}``, the previous chunk's x̂0 of this chunk's first ``k`` frames
     (the overlap); weights: ``[k]``, how much of this chunk's own x̂0 is kept there (rising across the
@@ -276,6 +279,11 @@ class ChunkCarry:
         self.weights = weights
         self.keep = int(keep)
         self.recorded: dict[int, Tensor] = {}
+
+    name = "Chunk Carry"
+
+    def hooks(self, site) -> list:
+        return [self]
 
     def on_x0(self, x0: Tensor, x_t: Tensor, i: int, schedule=None) -> Tensor:
         prev = self.incoming.get(i)
@@ -512,12 +520,11 @@ class _DiffusionRunner:
         noise = lambda i, k, shape: frame_noise(s["seed"], start + k, shape, 100 + i)  # noqa: E731
         z = sample_stablevsr(self.model, cond, flow, pos, s["steps"], s["scheduler"], s["seed"],
                              bidirectional=s["bidirectional"], keep_on_cpu=True, guidance_tile=s["guidance_tile"],
-                             noise=noise, callback=cb, latents=latents, hooks=[hook], preceding=preceding,
+                             noise=noise, callback=cb, latents=latents, temporal=[hook], preceding=preceding,
                              tcm=n > 1 or preceding is not None)
         return self._decode(z, cond)
 
     def _run_upscale_a_video(self, lr, start, hook, cb):
-        from .sampling.propagation import LatentPropagation
         from .sampling.uav import decode_uav, sample_uav
         from .sampling.x4 import lr_conditioning
 
@@ -525,15 +532,15 @@ class _DiffusionRunner:
         cond = lr_conditioning(self.model, lr, s["noise_level"])
         n, (h, w) = cond.num_frames, cond.latent_size
         cond.noise = self._seeded(start, n, (3, h, w), 1)
-        hooks = [hook]
+        temporal = [hook]
         prop = s["propagation_steps"]  # loop indices, resolved by StreamPipeline
         if prop and n > 1:  # after the anchoring, so the carried latents propagate into the new frames
-            hooks.append(LatentPropagation(self.flows.flows(lr, start), prop))
+            temporal.append(Propagation(self.flows.flows(lr, start), prop))
         pos, neg = self._prompt()
         z = sample_uav(self.model, cond, None, pos, neg, s["guidance_scale"], s["steps"], s["seed"],
                        window=s["window"], overlap=min(s["overlap"], s["window"] - 1), merge=s["merge"],
                        tile=s["tile"], tile_overlap=s["tile_overlap"], tile_merge=s["tile_merge"],
-                       latents=self._seeded(start, n, (4, h, w), 0), callback=cb, hooks=hooks)
+                       latents=self._seeded(start, n, (4, h, w), 0), callback=cb, temporal=temporal)
         return decode_uav(self.model, z, cond, w_lr=s["w_lr"], color=s["color_fix"])
 
     def _run_mgld(self, lr, start, hook, cb):

@@ -64,7 +64,7 @@ def _start_comfyui(root: Path, models: bool):
     (root / "packs" / "ComfyUI-DiffusionVSR").symlink_to(REPO, target_is_directory=True)
     if models:
         write_smoke_models(root / "models")
-    kinds = ("stablevsr", "upscale_a_video", "mgld", "flow", "upscaler", "satec")
+    kinds = ("stablevsr", "sd_x4", "upscale_a_video", "mgld", "flow", "upscaler", "satec")
     yaml = ["diffusion_vsr_e2e:", f"    custom_nodes: {root / 'packs'}", f"    checkpoints: {root / 'models' / 'checkpoints'}"]
     yaml += [f"    vsr_{k}: {root / 'models' / 'vsr' / k}" for k in kinds]
     (root / "extra.yaml").write_text("\n".join(yaml) + "\n")
@@ -303,3 +303,35 @@ def test_loader_upload_button_and_preview_follow_the_selection(server, tmp_path)
     assert preview["caption"].startswith("48×32 · 4/9 frames @ 9 fps · source 1…7"), preview
     assert preview["duration"] == pytest.approx(4 / 9, abs=0.06)
     assert result["pack_console_errors"] == []
+
+
+def test_a_temporal_chain_its_sampler_cannot_run_is_refused_when_queued(server):
+    """Flow-Warped Conditioning chained into the x4 per-frame sampler: the real server refuses the prompt
+    before any node runs, with the reason on the sampler's temporal input."""
+    url, root = server
+    info = _object_info(url, "VSR_X4PerFrameSampler")
+    assert info["input"]["optional"]["temporal"][0] == "VSR_TEMPORAL"
+    defaults = lambda cls: {k: v[1]["default"] for k, v in _object_info(url, cls)["input"]["required"].items()  # noqa
+                            if len(v) > 1 and "default" in v[1]}
+    prompt = {
+        "1": {"class_type": "VSR_LoadVideoFrames", "inputs": {**defaults("VSR_LoadVideoFrames"), "video": "input.mp4"}},
+        "2": {"class_type": "VSR_LoadDiffusionModel", "inputs": {"model": "sd_x4/stable-diffusion-x4-upscaler",
+                                                                 "dtype": "auto", "offload": "auto"}},
+        "3": {"class_type": "VSR_LatentEncoderLR", "inputs": {"frames": ["1", 0], "model": ["2", 0], "noise_level": 20}},
+        "4": {"class_type": "VSR_TemporalFlowConditioning", "inputs": {"scale": 1.0, "bidirectional": True}},
+        "5": {"class_type": "VSR_X4PerFrameSampler", "inputs": {**defaults("VSR_X4PerFrameSampler"), "model": ["2", 0],
+                                                                "lr": ["3", 0], "temporal": ["4", 0]}},
+        "6": {"class_type": "VSR_TemporalVAEDecode", "inputs": {**defaults("VSR_TemporalVAEDecode"), "model": ["2", 0],
+                                                                "latent": ["5", 0]}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+    }
+    req = urllib.request.Request(url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req)
+        pytest.fail("the prompt was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400
+        errors = json.loads(e.read())["node_errors"]["5"]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["temporal"], errors
+    assert "only the StableVSR sampler runs" in errors[0]["details"]

@@ -26,7 +26,7 @@ N-1-k) and a ``MotionGuidance`` hook. Two temporal layouts:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ from ..flow.types import VideoFlow
 from ..temporal import WindowMerger, pad_frames, plan_segments, plan_windows
 from ..tiling import TileMerger, plan_tiles
 from .loop import NoiseFn, call_releasing, sample, seeded_noise
-from .motion_guidance import MGLD_GUIDANCE_SCALE, MotionGuidance
+from .mechanisms import MotionGuidanceMechanism, Site, check_mechanisms, mechanism_hooks, mechanism_settings
+from .motion_guidance import MGLD_GUIDANCE_SCALE
 
 __all__ = [
     "MGLD_STEPS",
@@ -399,6 +400,7 @@ def sample_mgld_latents(
     callback: Callable[[int, int, Tensor], None] | None = None,
     device: torch.device | str | None = None,
     schedule: MGLDSchedule | None = None,
+    temporal: Sequence[object] = (),
 ) -> Tensor:
     """Sample MGLD latents for a clip from its LR latents.
 
@@ -411,6 +413,8 @@ def sample_mgld_latents(
     ``noise(k, shape)`` callable or a list indexed by loop step k (default ``seeded_noise(seed)``, drawn
     after ``x_T_noise``; in official mode re-seeded for every segment, as the script does).
     callback(done, total, x0): progress over all segments' steps. Returns ``[T, 4, h, w]`` float32 (CPU).
+    temporal: temporal mechanisms (``mechanisms.Mechanism``) run after the published motion guidance, in
+    order, on the frames of each segment (a Window Merge sets ``segment_mode``).
     """
     if segment_mode not in SEGMENT_MODES:
         raise ValueError(f"segment_mode must be one of {SEGMENT_MODES}, got {segment_mode!r}")
@@ -423,6 +427,11 @@ def sample_mgld_latents(
     t_total, _, h, w = z_lr.shape
     if flow is not None and flow.num_frames != t_total:
         raise ValueError(f"flow has {flow.num_frames} frames, the latents {t_total}")
+    check_mechanisms(temporal, Site("mgld", t_total, len(sched)))
+    segment_mode = mechanism_settings(temporal, Site("mgld", t_total, len(sched))).get("segment_mode", segment_mode)
+    # the published mechanism (motion guidance), then the user's chain
+    chain = [*([MotionGuidanceMechanism(flow, guidance_scale, guidance_pairing)]
+               if flow is not None and guidance_scale != 0 else []), *temporal]
 
     if segment_mode == "official" or t_total <= segment:
         spans = plan_segments(t_total, segment, pad="last")
@@ -435,9 +444,6 @@ def sample_mgld_latents(
         windows = plan_windows(t_total, segment, segment_overlap, layout="snap")
 
     z_all = pad_frames(z_lr.float(), total_frames)
-    fl = None
-    if flow is not None and guidance_scale != 0:
-        fl = _pad_flow(flow, total_frames)
     xt_all = None if x_T_noise is None else pad_frames(x_T_noise.float(), total_frames)
     n_steps = len(sched)
     done = [0]
@@ -450,9 +456,7 @@ def sample_mgld_latents(
         eps0 = eps0.to(dev)
         gen_noise = gen if noise is None else _noise_from(noise, seed)
         x = sched.noise_lr_latent(z, eps0)
-        hooks = []
-        if fl is not None:
-            hooks.append(MotionGuidance(fl.to(dev), guidance_scale, guidance_pairing, frame_offset=s))
+        hooks = mechanism_hooks(chain, Site("mgld", t_total, n_steps, frames=e - s, offset=s))
 
         if windows is None:
             def denoise(x_t: Tensor, t: Tensor, k: int, z=z) -> Tensor:
@@ -498,6 +502,7 @@ def sample_mgld(
     context: Tensor | None = None,
     tile_batch: int = 1,
     min_side: int = MGLD_MIN_SIDE,
+    temporal: Sequence[object] = (),
 ) -> Tensor:
     """MGLD latents ``[T, 4, Hp/8, Wp/8]`` (float32, CPU) for LR frames ``[T, 3, h, w]`` in [0, 1].
 
@@ -507,6 +512,9 @@ def sample_mgld(
     ``sample_mgld_latents`` with the model's denoiser (``context``: the text embedding, default the
     model's empty-prompt one); decode with ``decode_mgld``.
     """
+    if temporal:  # refused before the LR frames are encoded
+        frames = (lr_frames if init_latent is None else init_latent).shape[0]
+        check_mechanisms(temporal, Site("mgld", frames, steps))
     if init_latent is None:
         if lr_frames is None:
             raise ValueError("give lr_frames or init_latent")
@@ -521,7 +529,8 @@ def sample_mgld(
             sample_mgld_latents, model_denoiser(model, context, segment), z_lr, flow, steps=steps, seed=seed,
             guidance_scale=guidance_scale, guidance_pairing=guidance_pairing, segment=segment,
             segment_mode=segment_mode, segment_overlap=segment_overlap, tile=tile, tile_overlap=tile_overlap,
-            tile_batch=tile_batch, x_T_noise=x_T_noise, noise=noise, callback=callback, device=model.device)
+            tile_batch=tile_batch, x_T_noise=x_T_noise, noise=noise, callback=callback, device=model.device,
+            temporal=temporal)
 
 
 def decode_mgld(model, latents: Tensor, lr_frames: Tensor | None = None, dec_w: float = 1.0,

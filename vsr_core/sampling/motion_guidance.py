@@ -49,6 +49,7 @@ MGLD_GUIDANCE_SCALE = -10.0
 LOG_VARIANCE_FLOOR = 1e-20
 
 PAIRINGS = ("official", "aligned")
+OCCLUSION_HANDLING = ("mgld", "none")
 
 
 def latent_flow(flow: VideoFlow, size: tuple[int, int], alpha: float = 0.01, beta: float = 0.5) -> VideoFlow:
@@ -212,6 +213,8 @@ class MotionGuidance:
     first use). scale: g (``-10`` published; 0 disables; more negative = stronger). pairing: see
     ``motion_loss``. start / end: fraction of the run (0..1) during which it acts (published: all).
     frame_offset: index in ``flow`` of the first latent frame the hook sees (a segment of a longer clip).
+    occlusion: ``"mgld"`` (pixels failing MGLD's forward-backward check are left out of the loss, as
+    published) or ``"none"`` (every pixel counts).
     Latents handed to ``on_step`` are ``[T, C, h, w]``; ``last_loss`` keeps the loss of the last step.
     """
 
@@ -221,6 +224,7 @@ class MotionGuidance:
     start: float = 0.0
     end: float = 1.0
     frame_offset: int = 0
+    occlusion: str = "mgld"
     last_loss: float | None = field(default=None, init=False)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -229,13 +233,19 @@ class MotionGuidance:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(f"need 0 <= start <= end <= 1, got {self.start}, {self.end}")
+        if self.occlusion not in OCCLUSION_HANDLING:
+            raise ValueError(f"occlusion must be one of {OCCLUSION_HANDLING}, got {self.occlusion!r}")
 
-    def flow_for(self, num_frames: int, size: tuple[int, int]) -> VideoFlow:
-        """The (cached) latent-grid flow of frames ``[frame_offset, frame_offset + num_frames)``."""
-        key = (num_frames, tuple(size))
+    def flow_for(self, num_frames: int, size: tuple[int, int], device=None) -> VideoFlow:
+        """The (cached) latent-grid flow of frames ``[frame_offset, frame_offset + num_frames)`` on ``device``
+        (default: the flow's own)."""
+        key = (num_frames, tuple(size), None if device is None else str(device))
         if key not in self._cache:
-            vf = self.flow.frames(self.frame_offset, self.frame_offset + num_frames)
-            self._cache[key] = latent_flow(vf, size)
+            vf = latent_flow(self.flow.frames(self.frame_offset, self.frame_offset + num_frames), size)
+            if self.occlusion == "none":
+                vf = dataclasses.replace(vf, occ_forward=torch.zeros_like(vf.occ_forward),
+                                         occ_backward=torch.zeros_like(vf.occ_backward))
+            self._cache[key] = vf if device is None else vf.to(device)
         return self._cache[key]
 
     def active(self, i: int, n: int) -> bool:
@@ -248,7 +258,7 @@ class MotionGuidance:
         """One guided update of ``latents`` ``[T, C, h, w]`` with the given logσ²."""
         if latents.shape[0] < 2 or self.scale == 0:
             return latents
-        vf = self.flow_for(int(latents.shape[0]), tuple(latents.shape[-2:]))
+        vf = self.flow_for(int(latents.shape[0]), tuple(latents.shape[-2:]), latents.device)
         loss, grad = motion_loss_grad(latents, vf, self.pairing)
         self.last_loss = float(loss)
         return guided_update(latents, grad, log_variance, self.scale)

@@ -64,12 +64,13 @@ def unet_output(model: VSRModel, parts: SATeCoParts, x_t: Tensor, t: Tensor, z_g
 
 def sample_satec_latents(model: VSRModel, parts: SATeCoParts, x_u: Tensor, strength: float = 0.5, steps: int = 20,
                          seed: int = 0, clip_length: int = 6, scheduler: str = "ddim", progress=None,
-                         noise=None) -> Tensor:
+                         noise=None, temporal=()) -> Tensor:
     """Denoised latents ``[N, 4, h, w]`` (float32, CPU) for the upscaled frames ``x_u [N, 3, H, W]`` in [-1, 1].
 
     strength: how far the latent of X_u is noised (1 = pure noise, 0 = none: the encoded X_u comes back);
     the last ``round(steps·strength)`` steps of a ``steps``-step schedule run. progress(done, total) per step
-    and clip; it may raise to cancel. noise: a ``NoiseFn`` (default: seeded from ``seed``)."""
+    and clip; it may raise to cancel. noise: a ``NoiseFn`` (default: seeded from ``seed``). temporal: temporal
+    mechanisms (``mechanisms.Mechanism``) run in order on the frames of each clip."""
     parts.require("unet", "The SATeCo sampler")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -80,6 +81,10 @@ def sample_satec_latents(model: VSRModel, parts: SATeCoParts, x_u: Tensor, stren
     context = prompt_embeddings(model, "")
     spans = clips(x_u.shape[0], clip_length)
     total = max(run, 1) * len(spans)
+    if temporal:
+        from .mechanisms import Site, check_mechanisms, mechanism_hooks
+
+        check_mechanisms(temporal, Site("satec", x_u.shape[0], len(schedule)))
     out = []
     with model.on_device("unet", "vae") as (unet, vae), torch.no_grad():
         dev = model.device
@@ -101,7 +106,9 @@ def sample_satec_latents(model: VSRModel, parts: SATeCoParts, x_u: Tensor, stren
                     def step(done, _total, _x0, k=k):
                         if progress is not None:
                             progress(k * run + done - start, total)
-                    x = call_releasing(sample, denoise, x, schedule, noise=noise, callback=step, start=start)
+                    hooks = mechanism_hooks(temporal, Site("satec", x_u.shape[0], len(schedule), frames=n,
+                                                           offset=span.start)) if temporal else ()
+                    x = call_releasing(sample, denoise, x, schedule, hooks, noise=noise, callback=step, start=start)
                     out.append(x.float().cpu())
         finally:
             parts.unet.to("cpu")

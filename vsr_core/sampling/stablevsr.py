@@ -108,6 +108,7 @@ def sample_stablevsr(
     conditioning_scale: float = 1.0,
     timestep_spacing: str | None = None,
     preceding: PrecedingFrame | None = None,
+    temporal: Sequence[object] = (),
 ) -> Tensor:
     """StableVSR sampling of a clip. Returns latents ``[T, 4, h, w]`` float32 on the CPU.
 
@@ -127,6 +128,8 @@ def sample_stablevsr(
     there stops the run within one frame's denoising step and propagates (the run's tensors released).
     preceding: the frame before the clip (a ``PrecedingFrame``), so that a clip streamed in chunks keeps
     its previous-frame guidance across chunk borders; None = the clip starts the video.
+    temporal: temporal mechanisms (``mechanisms.Mechanism``) run in order after each step on the whole
+    clip; a Flow-Warped Conditioning sets ``tcm`` (with its scale and ``bidirectional``).
     """
     if isinstance(cond, Tensor):
         cond = LRConditioning(cond)
@@ -135,6 +138,16 @@ def sample_stablevsr(
     if prompt_embeds is None:
         raise ValueError("prompt_embeds is required (StableVSR uses the embedding of the empty prompt)")
     T = cond.num_frames
+    if temporal:
+        from .mechanisms import Site, check_mechanisms, mechanism_hooks, mechanism_settings
+
+        site = Site("stablevsr", T, steps, has_controlnet=model.controlnet is not None)
+        check_mechanisms(temporal, site)
+        chosen = mechanism_settings(temporal, site)
+        tcm = chosen.get("tcm", tcm)
+        conditioning_scale = chosen.get("conditioning_scale", conditioning_scale)
+        bidirectional = chosen.get("bidirectional", bidirectional)
+        hooks = (*mechanism_hooks(temporal, site), *hooks)
     use_tcm = bool(tcm) and (T > 1 or preceding is not None)
     if use_tcm:
         if model.controlnet is None:

@@ -38,7 +38,7 @@ from ..models.bundle import VSRModel
 from ..temporal import WindowMerger, plan_segments, plan_windows, unique_windows
 from ..tiling import TileMerger, plan_tiles, plan_tiles_uav
 from .loop import call_releasing, sample
-from .propagation import LatentPropagation
+from .mechanisms import Propagation, Site, check_mechanisms, mechanism_hooks, mechanism_settings
 from .schedulers import make_schedule
 from .x4 import LRConditioning, augment_lr
 
@@ -196,6 +196,7 @@ def sample_uav(
     callback: Callable[[int, int, Tensor], None] | None = None,
     hooks: Sequence[object] = (),
     state_device="cpu",
+    temporal: Sequence[object] = (),
 ) -> Tensor:
     """Upscale-A-Video sampling. Returns latents ``[T, 4, h, w]`` float32 on ``state_device`` (decode with
     ``decode_uav``).
@@ -212,6 +213,8 @@ def sample_uav(
     ``"hann"`` blended, ``"hard"`` = official geometry with ``tile_overlap`` px of context, pasted).
     latents: initial latents ``[T, 4, h, w]`` (replace the seed's draw). callback(done, total, x0):
     after every step, may raise to cancel. hooks: extra ``on_x0``/``on_step`` hooks, after propagation.
+    temporal: temporal mechanisms (``mechanisms.Mechanism``) run after the published propagation, in order
+    (a Window Merge sets ``merge``); refused with the reason when one cannot act on this sampler.
     """
     if not isinstance(cond, LRConditioning):
         raise TypeError(f"cond must be an LRConditioning, got {type(cond).__name__}")
@@ -238,7 +241,11 @@ def sample_uav(
     if latents is not None and tuple(latents.shape) != (T, c, h, w):
         raise ValueError(f"latents must be {[T, c, h, w]}, got {tuple(latents.shape)}")
     schedule = make_schedule(model.scheduler_config, "ddim", steps)
-    all_hooks = ([LatentPropagation(flow, prop)] if prop else []) + list(hooks)
+    site = Site("upscale_a_video", T, steps)
+    check_mechanisms(temporal, site)
+    merge = mechanism_settings(temporal, site).get("merge", merge)
+    own = [Propagation(flow, prop)] if prop else []  # the published mechanism, then the user's chain
+    all_hooks = mechanism_hooks([*own, *temporal], site) + list(hooks)
     return call_releasing(_run, model, cond, schedule, prompt_embeds, negative_embeds, float(guidance_scale),
                           int(seed), int(window), int(overlap), merge, int(tile), int(tile_overlap), tile_merge,
                           latents, callback, all_hooks, torch.device(state_device))

@@ -217,6 +217,7 @@ def sample_per_frame(
     hooks: Sequence[object] = (),
     reseed_per_frame: bool = False,
     timestep_spacing: str | None = None,
+    temporal: Sequence[object] = (),
 ) -> Tensor:
     """The x4 upscaler applied frame by frame (the per-frame baseline). Returns latents ``[T, 4, h, w]``
     float32 on the CPU (decode with ``decode.decode_latents``).
@@ -228,20 +229,35 @@ def sample_per_frame(
     guidance 9, noise level 20). latents: optional initial latents ``[T, 4, h, w]``; noise: optional
     ``noise(step, frame, shape)`` for the ancestral steps (both replace draws from the seed).
     callback(done, total, x0): once per frame per step, may raise to cancel.
+
+    temporal: temporal mechanisms (``mechanisms.Mechanism``, e.g. latent propagation, motion guidance),
+    run in order after every step on the whole clip. Given any, all frames go through one sampling loop
+    (the UNet still sees one frame at a time, each frame draws its noise from its own copy of the
+    generator as above), so a mechanism that does nothing leaves the result bit-identical; ``hooks`` then
+    see the whole clip too.
     """
     if not isinstance(cond, LRConditioning):
         raise TypeError(f"cond must be an LRConditioning, got {type(cond).__name__}")
     if prompt_embeds is None:
         raise ValueError("prompt_embeds is required (encode the prompt with the model's text encoder first)")
     schedule = make_schedule(model.scheduler_config, scheduler, steps, timestep_spacing)
+    if temporal:
+        from .mechanisms import Site, check_mechanisms, mechanism_hooks
+
+        site = Site("sd_x4", cond.num_frames, len(schedule))
+        check_mechanisms(temporal, site)
+        clip_hooks = mechanism_hooks(temporal, site) + list(hooks)
+        return call_releasing(_run_clip, model, cond, schedule, prompt_embeds, negative_embeds,
+                              float(guidance_scale), int(seed), latents, noise, callback, clip_hooks,
+                              bool(reseed_per_frame))
     return call_releasing(_run_per_frame, model, cond, schedule, prompt_embeds, negative_embeds,
                           float(guidance_scale), int(seed), latents, noise, callback, tuple(hooks),
                           bool(reseed_per_frame))
 
 
-@torch.no_grad()
-def _run_per_frame(model, cond, schedule: Schedule, prompt_embeds, negative_embeds, guidance_scale, seed,
-                   latents, noise, callback, hooks, reseed_per_frame) -> Tensor:
+def _frame_setup(model, cond, latents):
+    """What both x4 loops need: frames, latent size, channels, whether (and how) the LR is augmented, the
+    class labels; checks the initial latents' shape."""
     T, (h, w) = cond.num_frames, cond.latent_size
     c = int(model.config.get("latent_channels", getattr(getattr(model.vae, "config", None), "latent_channels", 4)))
     if latents is not None and tuple(latents.shape) != (T, c, h, w):
@@ -251,6 +267,13 @@ def _run_per_frame(model, cond, schedule: Schedule, prompt_embeds, negative_embe
     if uses_class_labels(model) and labels is None:
         raise ValueError("this UNet takes the noise level as class label: give the conditioning a noise_level")
     low_ac = make_schedule(model.low_res_scheduler_config, "ddpm", 1).alphas_cumprod if augment else None
+    return T, (h, w), c, augment, labels, low_ac
+
+
+@torch.no_grad()
+def _run_per_frame(model, cond, schedule: Schedule, prompt_embeds, negative_embeds, guidance_scale, seed,
+                   latents, noise, callback, hooks, reseed_per_frame) -> Tensor:
+    T, (h, w), c, augment, labels, low_ac = _frame_setup(model, cond, latents)
     gen_for = _per_frame_draws(seed, reseed_per_frame)
     n = len(schedule)
     out = torch.empty(T, c, h, w)
@@ -276,3 +299,60 @@ def _run_per_frame(model, cond, schedule: Schedule, prompt_embeds, negative_embe
             x = sample(denoise, x.to(device), schedule, hooks, frame_noise, frame_callback)
             out[k] = x[0].float().cpu()
     return out
+
+
+def _frame_generators(seed: int, reseed_per_frame: bool, frames: int, draws: list[tuple]) -> list[torch.Generator]:
+    """One generator per frame, each in the state the per-frame loop's generator has when that frame
+    starts (the frames before it drew ``draws``: the shapes of one frame's draws, in order)."""
+    gen_for = _per_frame_draws(seed, reseed_per_frame)
+    out = []
+    for k in range(frames):
+        g = gen_for(k)
+        mine = torch.Generator("cpu")
+        mine.set_state(g.get_state())
+        out.append(mine)
+        if not reseed_per_frame:
+            for shape in draws:  # advance the shared generator past this frame's draws
+                torch.randn(shape, generator=g)
+    return out
+
+
+@torch.no_grad()
+def _run_clip(model, cond, schedule: Schedule, prompt_embeds, negative_embeds, guidance_scale, seed,
+              latents, noise, callback, hooks, reseed_per_frame) -> Tensor:
+    """The per-frame computation as one loop over the clip, so that hooks see all frames at once."""
+    T, (h, w), c, augment, labels, low_ac = _frame_setup(model, cond, latents)
+    n = len(schedule)
+    draws = ([(1, 3, h, w)] if augment and cond.noise is None else []) + ([(1, c, h, w)] if latents is None else [])
+    draws += [(1, c, h, w)] * (0 if noise is not None else sum(schedule.needs_noise(i) for i in range(n)))
+    gens = _frame_generators(seed, reseed_per_frame, T, draws)
+    lrs, xs = [], []
+    for k in range(T):
+        lr = cond.lr[k:k + 1]
+        if augment:
+            z = cond.noise[k:k + 1] if cond.noise is not None else torch.randn(lr.shape, generator=gens[k])
+            lr = add_noise(lr, z, low_ac, cond.noise_level)
+        lrs.append(lr)
+        xs.append((latents[k:k + 1].float() if latents is not None else
+                   torch.randn((1, c, h, w), generator=gens[k])) * schedule.init_noise_sigma)
+
+    def clip_noise(i: int, shape: tuple) -> Tensor:
+        one = (1, *shape[1:])
+        return torch.cat([noise(i, k, one) if noise is not None else torch.randn(one, generator=gens[k])
+                          for k in range(T)])
+
+    def clip_callback(done: int, _total: int, x0: Tensor) -> None:
+        if callback is not None:
+            callback(done * T, T * n, x0)
+
+    with model.on_device("unet") as (unet,):
+        device = next(unet.parameters()).device
+        lr_dev = [lr.to(device) for lr in lrs]
+
+        def denoise(x_t: Tensor, t: Tensor, i: int) -> Tensor:
+            return torch.cat([x4_model_output(unet, x_t[k:k + 1], lr_dev[k], t, prompt_embeds, negative_embeds,
+                                              guidance_scale, labels).to(x_t.device, x_t.dtype)
+                              for k in range(T)])
+
+        x = sample(denoise, torch.cat(xs).to(device), schedule, hooks, clip_noise, clip_callback)
+    return x.float().cpu()
