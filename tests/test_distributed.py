@@ -229,11 +229,17 @@ def test_outputs_are_checked_before_any_work(cluster, clips, tmp_path):
     assert load_video(out)[0].shape[0] == 14
 
 
-def test_cli_stream_many_files_on_workers(cluster, clips, tmp_path, capsys):
+def test_cli_stream_many_files_on_workers(cluster, clips, tmp_path, capsys, monkeypatch):
+    import shutil
+
     from vsr_core.cli import main
 
+    (tmp_path / "clips").mkdir()
+    for name in ("small", "learned"):
+        shutil.copy(clips[name], tmp_path / "clips" / f"{name}.mkv")
+    monkeypatch.chdir(tmp_path)  # relative paths: the workers do not run in this folder
     out = tmp_path / "ups"
-    args = ["stream", str(clips["small"]), str(clips["learned"]), str(out), "--method", "bicubic", "--workers", "2",
+    args = ["stream", "clips", "ups", "--method", "bicubic", "--workers", "2",
             "--threads-per-worker", "1", "--segment-frames", "4", "--format", LOSSLESS]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["learned_x4.mkv", "small_x4.mkv"]

@@ -157,8 +157,11 @@ def cmd_stream(args) -> int:
         for key in ("steps", "seed"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)
-    spec = PipelineSpec.make(args.method, settings, model=args.model, weights=args.weights, raft=args.raft,
-                             dtype=args.dtype, tile=args.tile, speed=args.speed, dis_preset=args.dis_preset)
+    # absolute paths: a Ray worker does not run in this folder
+    absolute = lambda p: None if p is None else Path(p).resolve()  # noqa: E731
+    spec = PipelineSpec.make(args.method, settings, model=absolute(args.model), weights=absolute(args.weights),
+                             raft=absolute(args.raft), dtype=args.dtype, tile=args.tile, speed=args.speed,
+                             dis_preset=args.dis_preset)
     sel = FrameSelection(skip_first=args.skip, nth=args.nth, cap=args.frames)
     common = dict(selection=sel, scale=args.scale, chunk=args.chunk, overlap=args.overlap, blend=args.blend,
                   crf=args.crf, pix_fmt=args.pix_fmt, keep_audio=not args.no_audio)
@@ -187,7 +190,7 @@ def _stream_distributed(args, spec, pairs, common, t0) -> int:
         print("error: --workers and --ray-address need Ray: pip install 'ray>=2.9' (the node pack does not)",
               file=sys.stderr)
         return 2
-    jobs = [StreamJob(str(src), str(dst), spec, fmt=args.format or format_for_path(dst), **common)
+    jobs = [StreamJob(str(src.resolve()), str(dst.resolve()), spec, fmt=args.format or format_for_path(dst), **common)
             for src, dst in pairs]
     try:
         from tqdm import tqdm
