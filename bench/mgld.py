@@ -70,10 +70,10 @@ def synthetic_clip(frames: int, h: int, w: int, shift: int = 2, seed: int = 0):
     return lr, VideoFlow(fwd, -fwd, frame_size=(h, w), engine="exact")
 
 
-def latent_clip(frames: int, h: int, w: int, seed: int = 0):
+def latent_clip(frames: int, h: int, w: int, seed: int = 0, channels: int = 4):
     """A detailed latent texture moving 1 latent px per frame, with its exact flow (the toy rows)."""
     g = torch.Generator().manual_seed(seed)
-    base = F.avg_pool2d(torch.randn(1, 4, h, w + frames, generator=g), 3, 1, 1)[0]
+    base = F.avg_pool2d(torch.randn(1, channels, h, w + frames, generator=g), 3, 1, 1)[0]
     z = torch.stack([base[:, :, frames - i: frames - i + w] for i in range(frames)])
     fwd = torch.zeros(frames - 1, 2, h, w)
     fwd[:, 0] = 1.0

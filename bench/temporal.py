@@ -25,6 +25,7 @@ import argparse
 import tempfile
 
 from common import machine_line  # also puts the repo on sys.path
+from mgld import latent_clip as moving_latents, toy_denoiser  # the toy rows of bench/mgld.py
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -32,16 +33,6 @@ import torch.nn.functional as F  # noqa: E402
 from vsr_core.flow import VideoFlow  # noqa: E402
 from vsr_core.sampling.mechanisms import MotionGuidanceMechanism, Propagation  # noqa: E402
 from vsr_core.sampling.mgld import sample_mgld_latents, seam_error  # noqa: E402
-
-
-def moving_latents(frames: int, h: int, w: int, channels: int = 4, seed: int = 0):
-    """A detailed texture moving 1 px per frame to the right, and its exact flow."""
-    g = torch.Generator().manual_seed(seed)
-    base = F.avg_pool2d(torch.randn(1, channels, h, w + frames, generator=g), 3, 1, 1)[0]
-    z = torch.stack([base[:, :, frames - i: frames - i + w] for i in range(frames)])
-    fwd = torch.zeros(frames - 1, 2, h, w)
-    fwd[:, 0] = 1.0
-    return z, VideoFlow(fwd, -fwd, frame_size=(h, w), engine="exact")
 
 
 def errors(x: torch.Tensor, flow: VideoFlow, segment: int = 5) -> tuple[float, float, float]:
@@ -62,14 +53,7 @@ def mechanisms(flow: VideoFlow, steps: int) -> dict:
 
 
 def _toy(args) -> list[tuple]:
-    from vsr_core.sampling.mgld import mgld_schedule
-
-    ac = mgld_schedule(args.steps).train_alphas_cumprod
-
-    def den(x, z, t):  # bench/mgld.py's analytic denoiser
-        a = ac[int(t.reshape(-1)[0])].to(x.device)
-        return (x - a.sqrt() * (z + 0.5 * torch.tanh(2 * x))) / (1 - a).sqrt()
-
+    den = toy_denoiser(args.steps)
     z, flow = moving_latents(args.frames, 24, 32)
     rows = []
     for name, seg, g in (("per-frame", args.frames, 0.0), ("MGLD (5-frame segments, g -10)", 5, -10.0)):
@@ -93,7 +77,7 @@ def _tiny(args) -> list[tuple]:
 
     root = tempfile.mkdtemp(prefix="vsr_temporal_bench_")
     # an LR clip moving 1 px per frame; the x4 family's latent grid is the LR grid, so its flow is exact there
-    tex, flow = moving_latents(args.frames, 16, 24, channels=3, seed=3)
+    tex, flow = moving_latents(args.frames, 16, 24, seed=3, channels=3)
     lr = (tex - tex.min()) / (tex.max() - tex.min())
     frames = lr.permute(0, 2, 3, 1).contiguous()
     rows = []

@@ -27,18 +27,20 @@ DEMO_CLIP = ASSETS / "demo_coffee_lr.mp4"
 
 
 def _progress_bar(desc: str, unit: str = "frame"):
-    """A tqdm bar driven by ``(done, total)`` callbacks (plain prints when tqdm is missing)."""
+    """A tqdm bar driven by ``(done, total[, postfix])`` callbacks (plain prints when tqdm is missing)."""
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
-        def report(done, total):
+        def report(done, total, postfix=None):
             print(f"\r{desc}: {done}/{total} {unit}s", end="" if done < total else "\n", flush=True)
         return report, lambda: None
     bar = tqdm(desc=desc, unit=unit, dynamic_ncols=True)
 
-    def report(done, total):
+    def report(done, total, postfix: str | None = None):
         bar.total = total
         bar.update(done - bar.n)
+        if postfix is not None:
+            bar.set_postfix_str(postfix)
     return report, bar.close
 
 
@@ -104,6 +106,7 @@ def _stream_pairs(args) -> list[tuple[Path, Path]] | None:
     """(input, output) pairs of ``stream IN [IN ...] OUT``: one file to one file, or many files (or a folder
     of videos) into the folder OUT as ``NAME_x4.EXT``; None after saying on stderr what is wrong."""
     from .io import OUTPUT_FORMATS, VIDEO_EXTENSIONS
+    from .stream import UPSCALER_METHODS
 
     *inputs, out = [Path(p) for p in args.paths]
     if not inputs:
@@ -126,7 +129,7 @@ def _stream_pairs(args) -> list[tuple[Path, Path]] | None:
         print(f"error: with several inputs the output must be a folder, and {out} is a file", file=sys.stderr)
         return None
     ext = OUTPUT_FORMATS[args.format][0] if args.format else ".mp4"
-    scale = 4 if args.method not in ("learned", "bicubic", "lanczos") else args.scale
+    scale = args.scale if args.method in UPSCALER_METHODS else 4
     pairs = [(f, out / f"{f.stem}_x{scale}{ext}") for f in files]
     names = [d.name for _, d in pairs]
     if len(set(names)) != len(names):
@@ -168,12 +171,13 @@ def cmd_stream(args) -> int:
     t0 = time.perf_counter()
     if args.workers or args.ray_address:
         return _stream_distributed(args, spec, pairs, common, t0)
-    pipe = spec.build(_resolve_device(args.device))
+    device = _resolve_device(args.device)
+    pipe = spec.build(device)
     for src, dst in pairs:
         report, close = _progress_bar(f"stream x{args.scale} ({args.method}) {src.name}")
         try:
             out = stream_video(src, dst, pipe, fmt=args.format or format_for_path(dst), progress=report,
-                               device=_resolve_device(args.device), on_exists=_on_exists(args), **common)
+                               device=device, on_exists=_on_exists(args), **common)
         finally:
             close()
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
@@ -192,25 +196,16 @@ def _stream_distributed(args, spec, pairs, common, t0) -> int:
         return 2
     jobs = [StreamJob(str(src.resolve()), str(dst.resolve()), spec, fmt=args.format or format_for_path(dst), **common)
             for src, dst in pairs]
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    bar = tqdm(desc=f"stream x{args.scale} ({args.method}) on Ray", unit="frame", dynamic_ncols=True) if tqdm else None
+    bar, close = _progress_bar(f"stream x{args.scale} ({args.method}) on Ray")
 
-    def report(status) -> None:
-        if bar is None:
-            return
-        bar.total = status.total
-        bar.update(status.done - bar.n)
-        bar.set_postfix_str(" ".join(f"{w} {r:.2f}/s" for w, r in status.rates.items()))
+    def report(status) -> None:  # all frames, and each worker's rate
+        bar(status.done, status.total, " ".join(f"{w} {r:.2f}/s" for w, r in status.rates.items()))
     try:
         outs = run_distributed(jobs, workers=args.workers, address=args.ray_address,
                                segment_frames=args.segment_frames, device=args.device, threads=args.threads_per_worker,
                                retries=args.retries, progress=report, on_exists=_on_exists(args))
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     for out in outs:
         print(f"wrote {out}")
     print(f"{len(outs)} file(s) in {time.perf_counter() - t0:.1f} s")

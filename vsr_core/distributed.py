@@ -55,10 +55,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
-from .io.video import OUTPUT_FORMATS, iter_stored_frames, refuse_existing, write_file
+from .io import FrameSelection, VideoWriter, iter_frames, probe
+from .io.video import (OUTPUT_FORMATS, iter_stored_frames, refuse_existing, selected_audio, selected_count,
+                       write_file)
 from .stream import (DIFFUSION_METHODS, UPSCALER_METHODS, ChunkBlender, PipelineSpec, _DiffusionRunner,
-                     auto_chunk_frames, default_overlap, method_settings, overlapping_chunks, plan_chunks)
+                     overlapping_chunks, plan_chunks, stream_chunking)
 
 __all__ = ["StreamJob", "Segment", "RunStatus", "init_ray", "plan_segments", "run_segment", "run_distributed",
            "default_segment_frames", "work_folder", "window_spans"]
@@ -201,13 +202,19 @@ class _Frames:
         return out
 
 
+def part(folder: Path, index: int, ext: str) -> Path:
+    """A stored part of segment ``index``: ``.mkv`` (its own frames), ``.safetensors`` (the shared ones),
+    ``.json`` (the marker written last)."""
+    return Path(folder) / f"seg{index:05d}{ext}"
+
+
 class _SegmentOutput:
     """Where a task puts its segment: the frames it alone computes (lossless file), the shared ones
     (float), then the marker that says it is finished."""
 
     def __init__(self, folder: Path, seg: Segment, high_bit: bool) -> None:
         self.folder, self.seg = folder, seg
-        self.writer = VideoWriter(folder / f"seg{seg.index:05d}.mkv", 24, "mkv (ffv1 lossless)",
+        self.writer = VideoWriter(part(folder, seg.index, ".mkv"), 24, "mkv (ffv1 lossless)",
                                   pix_fmt="gbrp16le" if high_bit else "bgr0", on_exists="replace")
         self.body = 0
         self.shared: dict[str, torch.Tensor] = {}
@@ -225,14 +232,14 @@ class _SegmentOutput:
         else:
             self.writer.abort()
         if self.shared:
-            write_file(self.folder / f"seg{self.seg.index:05d}.safetensors",
+            write_file(part(self.folder, self.seg.index, ".safetensors"),
                        lambda tmp: save_file({k: v.contiguous() for k, v in self.shared.items()}, str(tmp)),
                        "replace")
         from .memory import peak_rss
 
         marker = {"body": self.body, "head": self.seg.head, "tail": self.seg.tail, "version": PART_VERSION,
                   "peak_rss": peak_rss(), "worker": f"{socket.gethostname()}:{os.getpid()}"}
-        write_file(self.folder / f"seg{self.seg.index:05d}.json",
+        write_file(part(self.folder, self.seg.index, ".json"),
                    lambda tmp: tmp.write_text(json.dumps(marker)), "replace")
 
     def abort(self) -> None:
@@ -260,7 +267,7 @@ def run_segment(job: StreamJob, seg: Segment, folder: str | os.PathLike, total: 
     except BaseException:
         out.abort()
         raise
-    return json.loads((folder / f"seg{seg.index:05d}.json").read_text())
+    return json.loads(part(folder, seg.index, ".json").read_text())
 
 
 def _upscale_segment(job, seg, total, chunk, device, out, report) -> None:
@@ -355,31 +362,22 @@ def _plan(job: StreamJob, segment_frames: int) -> _Plan:
     from .upscale import auto_chunk, make_upscaler, radius_of
 
     spec = job.spec
+    spec.check()  # the model and the settings are refused before any work
     if spec.method in DIFFUSION_METHODS:
-        if not spec.model:
-            raise ValueError(f"method {spec.method!r} needs its model (CLI: --model PATH)")
         if not os.path.exists(spec.model):
             raise FileNotFoundError(f"model not found: {spec.model}")
         if job.scale != 4:
             raise ValueError(f"{spec.method} upscales x4; scale={job.scale} is only for the upscalers")
-    method_settings(spec.method, dict(spec.settings))  # unknown settings are refused before any work
     info = probe(job.src)
-    total = job.selection.count(info.num_frames)
-    if total == 0:
-        raise ValueError(f"no frames selected from {job.src} ({info.num_frames} frames, "
-                         f"skip={job.selection.skip_first})")
+    total = selected_count(job.src, info, job.selection)
     h, w = job.size or (info.height, info.width)
     if spec.method in UPSCALER_METHODS:
         chunk = job.chunk or auto_chunk(h * job.scale, w * job.scale)
         overlap = 0
         radius = radius_of(make_upscaler(spec.method, job.scale, "cpu", weights=spec.weights))
     else:
-        chunk = job.chunk or auto_chunk_frames(spec.method, (h, w))
-        overlap = default_overlap(spec.method) if job.overlap < 0 else int(job.overlap)
+        chunk, overlap = stream_chunking(spec.method, (h, w), job.chunk, job.overlap)
         radius = 0
-        if chunk < 2 or not 0 <= overlap < chunk:
-            raise ValueError(f"need a chunk of at least 2 frames and 0 <= overlap < chunk; got chunk={chunk}, "
-                             f"overlap={overlap}")
     segments = plan_segments(spec.method, total, chunk, overlap, radius, segment_frames)
     folder = work_folder(job, _fingerprint(job, total, chunk, overlap, segments))
     return _Plan(job, total, chunk, overlap, segments, folder, info.fps / job.selection.nth, info)
@@ -393,7 +391,7 @@ def _finished(plan: _Plan) -> None:
         if p.name.startswith(".") and ".partial" in p.name:
             p.unlink(missing_ok=True)
     for seg in plan.segments:
-        marker = plan.folder / f"seg{seg.index:05d}.json"
+        marker = part(plan.folder, seg.index, ".json")
         if marker.exists():
             try:
                 plan.done[seg.index] = json.loads(marker.read_text())
@@ -411,22 +409,19 @@ def _assemble(plan: _Plan, on_exists) -> None:
     while plan.next in plan.done:
         seg = plan.segments[plan.next]
         if plan.writer is None:
-            audio = None
-            if job.keep_audio and plan.info.has_audio:
-                start = job.selection.skip_first / plan.info.fps if plan.info.fps else 0.0
-                audio = load_audio(job.src, start=start, duration=plan.total / plan.fps if plan.fps else None)
+            audio = selected_audio(job.src, plan.info, job.selection) if job.keep_audio else None
             plan.writer = VideoWriter(job.output, plan.fps, job.fmt, job.crf, job.pix_fmt, audio,
                                       on_exists=on_exists)
             engine = job.spec.engine() if job.blend == "flow" and plan.overlap else None
             plan.blender = ChunkBlender(job.blend if engine is not None else "hann", engine)
         shared = {}
         if seg.head or seg.tail:
-            shared = load_file(str(plan.folder / f"seg{seg.index:05d}.safetensors"))
+            shared = load_file(str(part(plan.folder, seg.index, ".safetensors")))
         if seg.head:  # crossfade with the tail the segment before left in the blender
             plan.writer.write(plan.blender.push(shared["head"], seg.head, 0, True))
             plan.written += seg.head
         if plan.done[seg.index]["body"]:
-            for arr in iter_stored_frames(plan.folder / f"seg{seg.index:05d}.mkv"):
+            for arr in iter_stored_frames(part(plan.folder, seg.index, ".mkv")):
                 plan.writer.write(arr)
                 plan.written += arr.shape[0]
         if seg.tail:

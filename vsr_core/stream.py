@@ -40,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
+from .io import FrameSelection, VideoWriter, iter_frames, probe
+from .io.video import selected_audio, selected_count
 from .sampling.mechanisms import Mechanism, Propagation
 
 __all__ = ["STREAM_METHODS", "BLEND_MODES", "METHOD_SETTINGS", "method_settings", "StreamPipeline", "PipelineSpec", "ChunkCarry",
            "frame_noise",
            "plan_chunks", "overlapping_chunks", "raft_convention", "crossfade_weights", "ChunkBlender", "stream_video",
-           "default_overlap", "auto_chunk_frames"]
+           "default_overlap", "auto_chunk_frames", "stream_chunking"]
 
 UPSCALER_METHODS = ("learned", "bicubic", "lanczos")
 DIFFUSION_METHODS = ("sd_x4", "stablevsr", "upscale_a_video", "mgld")
@@ -170,14 +171,19 @@ class PipelineSpec:
 
         return DISEngine(self.dis_preset)
 
+    def check(self) -> None:
+        """Refuse, before any work, what ``build`` would: a diffusion method without its model, unknown settings."""
+        if self.method in DIFFUSION_METHODS and not self.model:
+            raise ValueError(f"method {self.method!r} needs its model (CLI: --model PATH)")
+        method_settings(self.method, dict(self.settings))
+
     def build(self, device: str | torch.device = "cpu") -> StreamPipeline:
         """Load the model (if any) onto ``device`` and return the pipeline; one cached per process."""
         key = (self, str(device))
         if key not in _BUILT:
+            self.check()
             model = None
             if self.method in DIFFUSION_METHODS:
-                if not self.model:
-                    raise ValueError(f"method {self.method!r} needs its model (CLI: --model PATH)")
                 if not os.path.exists(self.model):
                     import socket
 
@@ -218,6 +224,17 @@ def auto_chunk_frames(method: str, lr_size: tuple[int, int], budget_bytes: int |
     h, w = lr_size
     per_frame = h * w * 3 * 4 * (16 * 3 + 2)  # output + (StableVSR) bicubic x4 + LR, float32
     return int(max(8, min(64, budget_bytes // max(per_frame, 1))))
+
+
+def stream_chunking(method: str, lr_size: tuple[int, int], chunk: int = 0, overlap: int = -1) -> tuple[int, int]:
+    """``(chunk, overlap)`` of a diffusion method's stream: 0 / -1 = :func:`auto_chunk_frames` /
+    :func:`default_overlap`; refused unless a chunk has at least 2 frames and more than the overlap."""
+    chunk = chunk or auto_chunk_frames(method, lr_size)
+    overlap = default_overlap(method) if overlap < 0 else int(overlap)
+    if chunk < 2 or not 0 <= overlap < chunk:
+        raise ValueError(f"need a chunk of at least 2 frames and 0 <= chunk_overlap < chunk; got chunk={chunk}, "
+                         f"overlap={overlap}")
+    return chunk, overlap
 
 
 # ------------------------------------------------------------------------------------------ chunking
@@ -590,19 +607,10 @@ def stream_video(src: str | os.PathLike, dst: str | os.PathLike, pipeline: Strea
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
     info = probe(src)
-    total = selection.count(info.num_frames)
-    if total == 0:
-        raise ValueError(f"no frames selected from {src} ({info.num_frames} frames, skip={selection.skip_first})")
-    chunk = chunk or auto_chunk_frames(pipeline.method, size or (info.height, info.width))
-    overlap = default_overlap(pipeline.method) if overlap < 0 else int(overlap)
-    if chunk < 2 or not 0 <= overlap < chunk:
-        raise ValueError(f"need a chunk of at least 2 frames and 0 <= chunk_overlap < chunk; got chunk={chunk}, "
-                         f"overlap={overlap}")
+    total = selected_count(src, info, selection)
+    chunk, overlap = stream_chunking(pipeline.method, size or (info.height, info.width), chunk, overlap)
     fps = info.fps / selection.nth
-    audio = None
-    if keep_audio and info.has_audio:
-        start = selection.skip_first / info.fps if info.fps else 0.0
-        audio = load_audio(src, start=start, duration=total / fps if fps else None)
+    audio = selected_audio(src, info, selection) if keep_audio else None
     runner = _DiffusionRunner(pipeline)
     blender = ChunkBlender(blend, pipeline.engine() if blend == "flow" else None)
     written = 0

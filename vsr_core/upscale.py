@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import FrameSelection, VideoWriter, iter_frames, load_audio, probe
+from .io import FrameSelection, VideoWriter, iter_frames, probe
 from .io.frames import check_image
-from .io.video import refuse_existing, write_file
+from .io.video import refuse_existing, selected_audio, selected_count, write_file
 
 UPSCALE_METHODS = ("learned", "bicubic", "lanczos")
 
@@ -231,17 +231,12 @@ def upscale_file(src: str | os.PathLike, dst: str | os.PathLike, scale: int = 4,
     if compare_png is not None and on_exists == "error":
         refuse_existing(compare_png)
     info = probe(src)
-    total = selection.count(info.num_frames)
-    if total == 0:
-        raise ValueError(f"no frames selected from {src} ({info.num_frames} frames, skip={selection.skip_first})")
+    total = selected_count(src, info, selection)
     fn = make_upscaler(method, scale, device, weights=weights, tile=tile)  # the classical kernels ignore both
     in_h, in_w = size or (info.height, info.width)
     chunk = chunk or auto_chunk(in_h * scale, in_w * scale)
     fps = info.fps / selection.nth
-    audio = None
-    if keep_audio and info.has_audio:
-        start = selection.skip_first / info.fps if info.fps else 0.0
-        audio = load_audio(src, start=start, duration=total / fps if fps else None)
+    audio = selected_audio(src, info, selection) if keep_audio else None
     compare_index = total // 2 if compare_index is None else compare_index
     done, compare = 0, None
     with VideoWriter(dst, fps, fmt, crf, pix_fmt, audio, metadata, on_exists=on_exists) as writer:

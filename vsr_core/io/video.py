@@ -285,6 +285,24 @@ def load_audio(path: str | os.PathLike, start: float = 0.0, duration: float | No
     return {"waveform": torch.from_numpy(np.ascontiguousarray(wave))[None], "sample_rate": int(rate)}
 
 
+def selected_count(path: str | os.PathLike, info: VideoInfo, selection: FrameSelection) -> int:
+    """Frames ``selection`` takes from the video ``path`` that ``info`` describes; ValueError when none."""
+    total = selection.count(info.num_frames)
+    if total == 0:
+        raise ValueError(f"no frames selected from {path} ({info.num_frames} frames, skip={selection.skip_first})")
+    return total
+
+
+def selected_audio(path: str | os.PathLike, info: VideoInfo, selection: FrameSelection) -> dict | None:
+    """The audio under the frames ``selection`` takes (from the first, as long as they last at their frame rate);
+    None when the file has no audio."""
+    if not info.has_audio:
+        return None
+    fps = info.fps / selection.nth
+    start = selection.skip_first / info.fps if info.fps else 0.0
+    return load_audio(path, start=start, duration=selection.count(info.num_frames) / fps if fps else None)
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 OUTPUT_FORMATS = {
