@@ -20,6 +20,11 @@ if str(REPO) not in sys.path:
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# "auto" picks bf16 weights on a CPU with native bf16 (AVX512-BF16/AMX) and fp32 on others: the tests
+# pin the fp32 choice so that they compute the same on every CI machine; the tests of the bf16 choice
+# set VSR_CPU_BF16=1 themselves. Subprocesses (the CLI, Ray workers, a real ComfyUI) inherit it.
+os.environ["VSR_CPU_BF16"] = "0"
+
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:

@@ -59,17 +59,17 @@ def written():
 
 @pytest.fixture(scope="module")
 def stablevsr(tiny_dir):
-    return load_diffusion_model(tiny_dir / "stablevsr" / "StableVSR")
+    return load_diffusion_model(tiny_dir / "stablevsr" / "StableVSR", keep_text_encoder=True)
 
 
 @pytest.fixture(scope="module")
 def x4_folder(tiny_dir):
-    return load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler")
+    return load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler", keep_text_encoder=True)
 
 
 @pytest.fixture(scope="module")
 def x4_single(tiny_dir):
-    return load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler-ema.safetensors")
+    return load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler-ema.safetensors", keep_text_encoder=True)
 
 
 def _inputs(unet, seed=0, h=8, w=12):
@@ -166,7 +166,7 @@ def test_single_file_ckpt_and_tokenizer_beside_it(tiny_dir, tmp_path, x4_folder)
     with pytest.raises(DiffusionWeightsError, match="shape mismatch"):  # tiny weights vs the real x4 configs
         load_diffusion_model(ckpt, text_encoder=False)
     shutil.copytree(tiny_dir / "sd_x4" / "x4-upscaler" / "tokenizer", tmp_path / "tokenizer")
-    model = load_diffusion_model(ckpt, configs=tiny_single_file_configs())
+    model = load_diffusion_model(ckpt, configs=tiny_single_file_configs(), keep_text_encoder=True)
     for name in ("unet", "vae", "text_encoder"):
         assert _same_state(getattr(model, name), getattr(x4_folder, name)), name
     assert torch.equal(model.tokenizer(["a cat"]), x4_folder.tokenizer(["a cat"]))
@@ -211,8 +211,11 @@ def test_method_selection(tiny_dir):
 
 
 # ------------------------------------------------------------------------------------------- dtypes
-def test_resolve_dtype():
+def test_resolve_dtype(monkeypatch):
+    monkeypatch.setenv("VSR_CPU_BF16", "0")  # an AVX2 CPU: bf16 emulated, slow
     assert resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setenv("VSR_CPU_BF16", "1")  # AVX512-BF16 / AMX: bf16 weights, twice as fast, half the memory
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
     assert resolve_dtype("auto", "cuda") == torch.float16
     assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
@@ -221,15 +224,84 @@ def test_resolve_dtype():
         resolve_dtype("int8", "cpu")
 
 
-@pytest.mark.parametrize("dtype,expected", [("fp16", torch.float16), ("bf16", torch.bfloat16),
-                                            ("fp32", torch.float32), ("auto", torch.float32)])
-def test_dtype_option_keeps_the_x4_vae_in_fp32(tiny_dir, dtype, expected):
-    m = load_diffusion_model(tiny_dir / "stablevsr" / "StableVSR", dtype=dtype)
+@pytest.mark.parametrize("native", ["0", "1"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32", "auto"])
+def test_dtype_option_and_the_vae_dtype(tiny_dir, monkeypatch, dtype, native):
+    """The UNet, ControlNet and text encoder take the dtype; the VAE is fp32, or bf16 beside a bf16 UNet
+    where bf16 is native; never fp16 (the x4 VAE overflows there)."""
+    monkeypatch.setenv("VSR_CPU_BF16", native)
+    expected = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+                "auto": torch.bfloat16 if native == "1" else torch.float32}[dtype]
+    m = load_diffusion_model(tiny_dir / "stablevsr" / "StableVSR", dtype=dtype, keep_text_encoder=True)
     assert m.dtype == expected
     for name in ("unet", "controlnet", "text_encoder"):
         assert {p.dtype for p in getattr(m, name).parameters()} == {expected}, name
-    assert {p.dtype for p in m.vae.parameters()} == {torch.float32}
-    assert m.dtype_for("vae") == torch.float32 and m.device == torch.device("cpu")
+    vae = torch.bfloat16 if expected == torch.bfloat16 and native == "1" else torch.float32
+    assert {p.dtype for p in m.vae.parameters()} == {vae}
+    assert m.dtype_for("vae") == vae and m.device == torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------- text side
+def test_the_text_encoder_is_not_kept_and_encodes_before_the_unet_is_read(tiny_dir, stablevsr, monkeypatch):
+    """By default the loader encodes the empty prompt, drops the encoder before it reads the UNet, and
+    builds it again from its file only for a new prompt, for that one encode."""
+    import gc
+    import weakref
+
+    from vsr_core.loaders import clip, diffusion
+    from vsr_core.sampling.prompt import prompt_embeddings
+
+    built, alive_at_unet = [], []
+    real_load, real_component = clip.load_text_encoder, diffusion._load_component
+
+    def load_text_encoder(*a, **k):
+        enc = real_load(*a, **k)
+        built.append(weakref.ref(enc))
+        return enc
+
+    def component(root, sub, *a, **k):
+        gc.collect()
+        alive_at_unet.extend(sub for r in built if r() is not None)
+        return real_component(root, sub, *a, **k)
+
+    monkeypatch.setattr(clip, "load_text_encoder", load_text_encoder)
+    monkeypatch.setattr(diffusion, "_load_component", component)
+    m = load_diffusion_model(tiny_dir / "stablevsr" / "StableVSR", dtype="fp32")
+    assert m.text_encoder is None and m.text_reload is not None and len(built) == 1
+    assert alive_at_unet == []  # encoded and freed before the UNet, VAE and ControlNet were read
+    # the cached empty prompt is what the kept encoder computes, and needs no reload
+    empty = prompt_embeddings(m, "")
+    assert len(built) == 1
+    torch.testing.assert_close(empty, prompt_embeddings(stablevsr, ""), rtol=0, atol=0)
+    # a new prompt: one reload, one encode, nothing kept
+    x4 = load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler", dtype="fp32")
+    built.clear()
+    cat = prompt_embeddings(x4, "a cat")
+    assert len(built) == 1 and x4.text_encoder is None
+    gc.collect()
+    assert built[0]() is None
+    assert prompt_embeddings(x4, "a cat") is cat and len(built) == 1  # cached
+
+
+def test_single_file_text_side_reloads_only_the_text_keys(tiny_dir, x4_single, monkeypatch):
+    from vsr_core.loaders import common
+    from vsr_core.sampling.prompt import prompt_embeddings
+
+    m = load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler-ema.safetensors", dtype="fp32")
+    assert m.text_encoder is None
+    read = []
+    real = common.read_safetensors
+    monkeypatch.setattr(common, "read_safetensors",
+                        lambda path, dtype=None, keep=None: read.append(keep) or real(path, dtype, keep))
+    with torch.no_grad():
+        want = x4_single.text_encoder(x4_single.tokenizer([""]))
+    torch.testing.assert_close(prompt_embeddings(m, ""), want.float(), rtol=1e-6, atol=1e-6)
+    assert read == []  # "" was encoded at load time
+    x4_single.tokenizer = m.tokenizer
+    with pytest.raises(ValueError, match="no tokenizer"):  # the single file has no vocabulary
+        prompt_embeddings(m, "a cat")
+    assert len(read) == 1 and read[0] is not None and read[0]("cond_stage_model.model.ln_final.weight") \
+        and not read[0]("model.diffusion_model.out.2.weight")
 
 
 # ------------------------------------------------------------------------------------------- errors

@@ -116,6 +116,30 @@ def test_tiny_writer_official_layout_and_round_trip(tiny):
     assert all(torch.equal(same[k], raw["state_dict"][k]) for k in same)
 
 
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_bf16_load_of_the_pickle_converts_every_tensor(tiny, monkeypatch, native):
+    """dtype bf16 reads the pickle unmapped and converts each tensor (UNet, structure encoder, text side:
+    bf16; VAEs: bf16 where bf16 is native, else fp32), the values being the file's rounded once."""
+    from vsr_core.loaders import mgld
+    from vsr_core.sampling.prompt import prompt_embeddings
+
+    monkeypatch.setenv("VSR_CPU_BF16", native)
+    _, paths = tiny
+    maps = []
+    real = mgld.load_state_dict
+    monkeypatch.setattr(mgld, "load_state_dict", lambda path, mmap=True: maps.append(mmap) or real(path, mmap=mmap))
+    model = load_mgld_model(paths["unet"], paths["video_vae"], dtype="bf16", configs=paths["configs"])
+    vae = torch.bfloat16 if native == "1" else torch.float32
+    assert maps == [False, native == "0"]  # the video VAE stays mapped when it is used as stored (fp32)
+    raw = torch.load(paths["unet"], weights_only=True)["state_dict"]
+    for module, prefix, dt in ((model.unet, "model.diffusion_model.", torch.bfloat16),
+                               (model.struct_encoder, "structcond_stage_model.", torch.bfloat16)):
+        for key, value in module.state_dict().items():
+            assert value.dtype == dt and torch.equal(value, raw[prefix + key].to(dt)), key
+    assert {p.dtype for p in model.vae.parameters()} == {vae} == {p.dtype for p in model.video_vae.parameters()}
+    assert model.text_encoder is None and prompt_embeddings(model, "").shape == (1, 77, 32)
+
+
 def test_safetensors_conversion_is_preferred(tiny, tmp_path):
     folder, paths = tiny
     ckpt = tmp_path / "mgldvsr_unet.ckpt"

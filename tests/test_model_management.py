@@ -187,7 +187,9 @@ def svr_models(tmp_path_factory):
 
 def test_after_a_sampler_run_every_sub_model_rests_on_the_offload_device(fake_comfy, svr_models):
     model, lr = _stablevsr_run(svr_models, CPU0)
-    nets = {"text_encoder": model.text_encoder, "unet": model.unet, "controlnet": model.controlnet, "vae": model.vae}
+    # the text encoder is not kept (the prompt cache was emptied: it was rebuilt for one encode and dropped)
+    assert model.text_encoder is None and ("prompt", "") in model._prompt_cache
+    nets = {"unet": model.unet, "controlnet": model.controlnet, "vae": model.vae}
     loaded = [m for mods, _, _ in fake_comfy.loads for m in mods]
     for name, net in nets.items():
         assert net is not None and any(m is net for m in loaded), f"{name} never went through load_models_gpu"
@@ -203,10 +205,14 @@ def test_after_a_sampler_run_every_sub_model_rests_on_the_offload_device(fake_co
 
 
 def test_without_offload_comfyui_keeps_them_loaded(fake_comfy, svr_models):
+    from vsr_core.models.clip_text import CLIPTextModel
+
     model, _ = _stablevsr_run(svr_models, torch.device("cpu"))
     assert fake_comfy.unloads == []
-    for net in (model.text_encoder, model.unet, model.controlnet, model.vae):
+    for net in (model.unet, model.controlnet, model.vae):
         assert any(m is net for m in fake_comfy.loaded())
+    # the text encoder rebuilt for one encode is not left with ComfyUI (it would keep it alive)
+    assert not any(isinstance(m, CLIPTextModel) for m in fake_comfy.loaded())
 
 
 def test_the_flow_network_runs_borrowed_and_goes_back_to_the_cpu(tmp_path, monkeypatch):

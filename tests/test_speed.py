@@ -325,8 +325,8 @@ def test_speed_options_presets_and_auto():
     assert apply_speed(model, SpeedOptions("bf16-autocast")).dtype == torch.float32
     # frozen: under autocast a weight that requires grad keeps a bf16 copy for the whole region
     assert not any(p.requires_grad for m in (fast.unet, fast.vae) for p in m.parameters())
-    # embeddings computed in fp16 must not reach an fp32 run of the original bundle, nor the reverse
-    assert fast._prompt_cache is not model._prompt_cache
+    # the text encoder computes in its load dtype whatever the options: every copy shares the embeddings
+    assert fast._prompt_cache is model._prompt_cache
     assert apply_speed(model, SpeedOptions(channels_last=True))._prompt_cache is model._prompt_cache
 
 
@@ -436,7 +436,7 @@ def test_sampler_node_speed_widget_runs_the_option_set_within_tolerance():
 
     nodes = load_pack().NODE_CLASS_MAPPINGS
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_method_model("sd_x4", write_tiny_sd_x4(tmp + "/x4"))
+        model = load_method_model("sd_x4", write_tiny_sd_x4(tmp + "/x4"), dtype="fp32")
     frames = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0))
     (lr,) = nodes["VSR_LatentEncoderLR"]().encode(frames, model, 20)
     run = lambda speed: nodes["VSR_X4PerFrameSampler"]().sample(  # noqa: E731
@@ -497,7 +497,7 @@ def test_decode_node_speed_widget(monkeypatch):
     monkeypatch.setattr(speed, "native_bf16_cpu", lambda: True)
     node = load_pack().NODE_CLASS_MAPPINGS["VSR_TemporalVAEDecode"]()
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_method_model("sd_x4", write_tiny_sd_x4(tmp + "/x4"))
+        model = load_method_model("sd_x4", write_tiny_sd_x4(tmp + "/x4"), dtype="fp32")
     latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
     ref = node.decode(model, latent, mode="per-frame", tile_size=0)[0]
     fast = node.decode(model, latent, mode="per-frame", tile_size=0, speed="bf16-autocast")[0]

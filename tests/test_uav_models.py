@@ -131,7 +131,32 @@ def test_tiny_writer_round_trips_through_loader(folder, mods):
         img = model.vae.decode(z, lr)
     assert img.shape == (1, 3, 3, 32, 32) and torch.isfinite(img).all()
     ids = model.tokenizer("a cat")
-    assert model.text_encoder is not None and ids is not None
+    # the published prompts were encoded at load time; the encoder is rebuilt only for another prompt
+    from vsr_core.sampling.prompt import prompt_embeddings
+    from vsr_core.sampling.uav import UAV_A_PROMPT, UAV_N_PROMPT
+
+    assert model.text_encoder is None and model.text_reload is not None and ids is not None
+    assert {k[1] for k in model._prompt_cache} == {UAV_A_PROMPT, UAV_N_PROMPT, ""}
+    kept = load_uav_model(folder, dtype="fp32", vae="video", keep_text_encoder=True)
+    for p in (UAV_A_PROMPT, "a cat"):
+        assert torch.equal(prompt_embeddings(model, p), prompt_embeddings(kept, p)), p
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_load_reads_the_weights_in_it(folder, mods, dtype, native, monkeypatch):
+    """The UNet file is read straight into the dtype (its rotary tables too, checked in that dtype); the
+    VAEs are bf16 beside a bf16 UNet where bf16 is native, else fp32 (never fp16)."""
+    import os
+
+    monkeypatch.setenv("VSR_CPU_BF16", native)
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    model = load_uav_model(folder, dtype=dtype, vae="video")
+    assert {p.dtype for p in model.unet.parameters()} == {want}
+    for k, v in mods["unet"].state_dict().items():
+        assert torch.equal(model.unet.state_dict()[k], v.to(want)), k
+    vae = torch.bfloat16 if want == torch.bfloat16 and os.environ.get("VSR_CPU_BF16") == "1" else torch.float32
+    assert model.vae_dtype == vae and {p.dtype for p in model.vae.parameters()} == {vae}
 
 
 def test_vae_3d_choice_and_missing_other_vae(folder, tmp_path):

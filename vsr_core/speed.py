@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -120,7 +121,12 @@ SPEED_PRESETS = {
 
 
 def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it."""
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates it.
+    The environment variable ``VSR_CPU_BF16`` overrides the detection: ``0`` keeps every "auto" choice in
+    fp32 on such a CPU (the published numerics), ``1`` treats any CPU as native."""
+    forced = os.environ.get("VSR_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
@@ -286,7 +292,7 @@ def apply_speed(model, options: SpeedOptions):
     The networks are shared with ``model`` and changed in place (memory format, compile, the autocast
     exemption), all of which leave fp32 results as they were (channels-last up to summation order); the
     dtype is the copy's (weights are cast when a sampler moves them to the device). The prompt cache is
-    shared when the compute dtype is unchanged, else the copy starts its own.
+    shared: the text encoder computes in the dtype it was loaded in, whatever the options.
     """
     for name in _COMPUTE_MODULES + _VAE_MODULES + ("text_encoder",):
         module = getattr(model, name, None)
@@ -310,10 +316,12 @@ def apply_speed(model, options: SpeedOptions):
     dtype = options.weight_dtype
     if options.autocast_dtype is not None and model.dtype == options.autocast_dtype:
         dtype = model.dtype  # stored in the autocast dtype already: computing in it needs no fp32 copy
-    same = dtype == model.dtype
     vae_dtype = torch.bfloat16 if options.vae_bf16 and options.autocast_dtype is None else torch.float32
-    return dataclasses.replace(model, dtype=dtype, vae_dtype=vae_dtype,
-                               _prompt_cache=model._prompt_cache if same else {})
+    if options.channels_last:
+        from .memory import trim_heap
+
+        trim_heap()  # the NCHW weights the copies replaced
+    return dataclasses.replace(model, dtype=dtype, vae_dtype=vae_dtype, _prompt_cache=model._prompt_cache)
 
 
 def agreement(output: torch.Tensor, reference: torch.Tensor) -> dict:

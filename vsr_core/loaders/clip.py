@@ -39,10 +39,10 @@ import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..models.clip_text import CLIPTextConfig, CLIPTextModel
 from .common import key_mismatches, mismatch_message
@@ -63,6 +63,8 @@ __all__ = [
     "text_encoder_from_state_dict",
     "load_text_encoder",
     "encode_prompt",
+    "encode_on",
+    "text_side",
     "TINY_CLIP_CONFIG",
     "write_tiny_clip",
     "tiny_clip_state_dict",
@@ -529,22 +531,24 @@ def hf_to_open_clip(state_dict: Mapping[str, Tensor], prefix: str = OPEN_CLIP_PR
 
 
 # --------------------------------------------------------------------------------------- loading
-def read_text_encoder_state_dict(path: str | Path, prefix: str | None = None) -> dict[str, Tensor]:
+def read_text_encoder_state_dict(path: str | Path, prefix: str | None = None,
+                                 dtype: torch.dtype | None = None) -> dict[str, Tensor]:
     """Read a weight file: ``.safetensors`` (only the keys under ``prefix`` when given, so a 3 GB LDM
     checkpoint is not read whole) or a torch pickle via ``torch.load(weights_only=True)`` (a
-    ``{"state_dict": ...}`` wrapper is unwrapped). Raises FileNotFoundError / CLIPWeightsError."""
+    ``{"state_dict": ...}`` wrapper is unwrapped). ``dtype``: floating-point tensors converted to it, one
+    at a time (a safetensors file as it is read, into memory of its own, not mapped: see
+    ``read_safetensors``). Raises FileNotFoundError / CLIPWeightsError."""
+    from .common import read_safetensors, to_dtype_
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text encoder weights not found: {path}. {WHERE_TO_GET}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                keys = [k for k in f.keys() if prefix is None or k.startswith(prefix)]
-                if prefix is not None and not keys:  # not an LDM file: read it all, the caller will tell
-                    keys = list(f.keys())
-                sd = {k: f.get_tensor(k) for k in keys}
+            under = (lambda k: k.startswith(prefix)) if prefix is not None else None
+            sd = read_safetensors(path, dtype, keep=under)
+            if prefix is not None and not sd:  # not an LDM file: read it all, the caller will tell
+                sd = read_safetensors(path, dtype)
         else:
             try:
                 sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -558,7 +562,7 @@ def read_text_encoder_state_dict(path: str | Path, prefix: str | None = None) ->
         raise CLIPWeightsError(f"{path} does not hold a flat tensor state dict. {WHERE_TO_GET}")
     if prefix is not None:
         sd = {k: v for k, v in sd.items() if k.startswith(prefix)} or sd
-    return sd
+    return to_dtype_(sd, dtype)  # one at a time; a mapped pickle's pages go with the dict
 
 
 def text_encoder_from_state_dict(
@@ -626,10 +630,10 @@ def load_text_encoder(
         if weights is None:
             raise FileNotFoundError(f"no text encoder weights in {path} (looked for {', '.join(WEIGHT_NAMES)}). "
                                     f"{WHERE_TO_GET}")
-        sd = read_text_encoder_state_dict(weights)
+        sd = read_text_encoder_state_dict(weights, dtype=dtype)
     else:
         weights = path
-        sd = read_text_encoder_state_dict(path, prefix=OPEN_CLIP_PREFIX)
+        sd = read_text_encoder_state_dict(path, prefix=OPEN_CLIP_PREFIX, dtype=dtype)
     return text_encoder_from_state_dict(sd, config, device=device, dtype=dtype, source=str(weights))
 
 
@@ -650,6 +654,51 @@ def encode_prompt(text_encoder: CLIPTextModel, tokenizer, prompts: str | Sequenc
     run_device = torch.device(device) if device is not None else next(text_encoder.parameters()).device
     out = text_encoder(ids.to(run_device))
     return out.to(dtype=dtype or out.dtype)
+
+
+def encode_on(encoder: CLIPTextModel, tokenizer, prompt: str, device: torch.device | str,
+              offload_device: torch.device | str | None = None) -> Tensor:
+    """``[1, 77, D]`` embeddings (fp32, on the CPU) of one ``prompt``, the encoder computing in its own dtype
+    on ``device``. offload_device: where a kept encoder rests (it visits ``device`` for the call, through
+    the device manager); None for an encoder made for this one call: it stays where it is on a CPU, else
+    visits ``device`` and goes back to the CPU, so nothing keeps it once the caller drops it."""
+    import gc
+
+    from ..models.bundle import borrow
+
+    device = torch.device(device)
+    if offload_device is None and device.type == "cpu":
+        with torch.no_grad():
+            return encode_prompt(encoder, tokenizer, [prompt], device=device).float()
+    with borrow([(encoder, None)], device, offload_device or "cpu"), torch.no_grad():
+        out = encode_prompt(encoder, tokenizer, [prompt], device=device).float().cpu()
+    if offload_device is None:
+        gc.collect()  # a host's device manager may hold a reference cycle to the one-call encoder
+    return out
+
+
+def text_side(load: Callable[[], CLIPTextModel], tokenizer, prompts: Sequence[str], device: torch.device | str,
+              offload_device: torch.device | str, keep: bool = False) -> dict:
+    """A ``VSRModel``'s text side, as its keyword arguments.
+
+    load: builds the text encoder from its file (strictly, in the model's dtype). keep: the encoder stays
+    in the bundle (``text_encoder``, resting on ``offload_device``). Otherwise, the loaders' default, the
+    ``prompts`` the method uses unless told otherwise are encoded now, and the encoder is not kept:
+    ``text_reload`` (= ``load``) builds it again for the one encode of a prompt not yet cached, which drops
+    it after. The text encoder is the largest network no sampling step uses (the x4 family's OpenCLIP-H
+    tower: 354 M parameters, 1.4 GB in fp32), and a run encodes one or two prompts, once. Loaders call this
+    before they read the UNet, so the encoder is never in memory beside it.
+    """
+    if keep:
+        return {"text_encoder": nn.Module.to(load(), device=torch.device(offload_device)), "tokenizer": tokenizer}
+    from ..memory import trim_heap
+    from ..models.bundle import prompt_cache_key
+
+    encoder = load()
+    cache = {prompt_cache_key(p): encode_on(encoder, tokenizer, p, device) for p in dict.fromkeys(prompts)}
+    del encoder
+    trim_heap()  # its freed weights, before the UNet is read
+    return {"text_encoder": None, "text_reload": load, "tokenizer": tokenizer, "_prompt_cache": cache}
 
 
 # ------------------------------------------------------------------------------------ tiny writers

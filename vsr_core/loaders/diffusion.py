@@ -27,8 +27,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..memory import trim_heap
 from ..models.bundle import DTYPES, VSRModel
-from .common import first_keys, key_mismatches, mismatch_message, read_safetensors
+from .clip import text_side
+from .common import first_keys, key_mismatches, mismatch_message, read_safetensors, to_dtype_
 
 __all__ = [
     "LAYOUTS",
@@ -121,15 +123,31 @@ def _read_json(path: Path) -> dict:
 # -------------------------------------------------------------------------------------------- dtypes
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """``"auto"`` -> fp16 on CUDA and MPS (the x4 UNet is stable in half precision; bf16 would lose
-    mantissa bits for no gain where fp16 is fast), fp32 elsewhere; ``"fp32"``/``"fp16"``/``"bf16"`` or a
-    ``torch.dtype`` as given."""
+    mantissa bits for no gain where fp16 is fast); bf16 on a CPU that computes it natively (AVX512-BF16
+    or AMX: about twice as fast as fp32 there, and half the memory; ``speed.native_bf16_cpu``, which the
+    environment variable ``VSR_CPU_BF16=0`` turns off); fp32 elsewhere (an AVX2 CPU emulates bf16, slowly).
+    ``"fp32"``/``"fp16"``/``"bf16"`` or a ``torch.dtype`` as given."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.float16 if torch.device(device).type in ("cuda", "mps") else torch.float32
+        from ..speed import native_bf16_cpu
+
+        kind = torch.device(device).type
+        if kind in ("cuda", "mps"):
+            return torch.float16
+        return torch.bfloat16 if kind == "cpu" and native_bf16_cpu() else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'auto', 'fp32', 'fp16' or 'bf16', got {dtype!r}")
     return DTYPES[dtype]
+
+
+def vae_dtype_for(compute: torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The dtype a loader stores a VAE in, given the UNet's: bf16 when the UNet is bf16 and ``device``
+    computes bf16 natively (``speed.bf16_fast``), else fp32. Never fp16: the x4 VAE overflows there
+    (its config says ``force_upcast``), while bf16 has fp32's range."""
+    from ..speed import bf16_fast
+
+    return torch.bfloat16 if compute == torch.bfloat16 and bf16_fast(device) else torch.float32
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -160,10 +178,7 @@ def read_weights(path: str | Path, what: str = "weights", hint: str = "",
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise DiffusionWeightsError(f"{what}: {path} does not hold a flat tensor state dict.{tail}")
-    if dtype is not None:
-        for key in list(sd):  # one at a time: each fp32 tensor is freed as its copy is made
-            if sd[key].is_floating_point():
-                sd[key] = sd[key].to(dtype)
+    to_dtype_(sd, dtype)  # one at a time: each fp32 tensor is freed as its copy is made
     _align_(sd)
     return sd
 
@@ -525,33 +540,48 @@ def _text_error(exc: Exception, hint: str) -> DiffusionWeightsError:
     return DiffusionWeightsError(f"{exc} {hint}")
 
 
-def _load_text_side(root: Path, layout: str, dtype: torch.dtype):
+def _text_loader(root: Path, layout: str, dtype: torch.dtype):
+    """``(load, tokenizer, source)`` of a diffusers folder's text side: ``load()`` builds the encoder from
+    ``text_encoder/`` strictly (checked now: a missing or wrong file fails the model's load, not a later
+    prompt), the tokenizer from ``tokenizer/``."""
     from .clip import CLIPWeightsError, load_text_encoder, load_tokenizer
 
     hint = f"Expected {SOURCES[layout]}."
     folder = root / "text_encoder"
     if not folder.is_dir():
         raise DiffusionWeightsError(f"text_encoder of {root.name}: missing folder {folder}. {hint}")
-    try:
-        encoder = load_text_encoder(folder, dtype=dtype)
-    except (FileNotFoundError, CLIPWeightsError) as exc:
-        raise _text_error(exc, hint) from exc
+
+    def load():
+        try:
+            return load_text_encoder(folder, dtype=dtype)
+        except (FileNotFoundError, CLIPWeightsError) as exc:
+            raise _text_error(exc, hint) from exc
+
     tok_dir = root / "tokenizer"
     tokenizer = load_tokenizer(tok_dir)  # no vocabulary: EmptyPromptTokenizer (the empty prompt only)
-    return encoder, tokenizer, {"text_encoder": str(folder), "tokenizer": str(tok_dir) if tok_dir.is_dir() else None}
+    return load, tokenizer, {"text_encoder": str(folder), "tokenizer": str(tok_dir) if tok_dir.is_dir() else None}
 
 
-def _single_file_text_side(sd: dict[str, Tensor], file: Path, config: Mapping | None, dtype: torch.dtype,
-                           tokenizer_ids: Mapping | None = None):
-    from .clip import CLIPWeightsError, load_tokenizer, text_encoder_from_state_dict
+def _single_file_text_loader(sd: dict[str, Tensor], file: Path, config: Mapping | None, dtype: torch.dtype,
+                             tokenizer_ids: Mapping | None = None):
+    """``(load, tokenizer)`` of a single file's text side: the first ``load()`` builds the encoder from
+    ``sd`` (the file's ``cond_stage_model.model.*`` tensors, already read), later ones read them again."""
+    from .clip import CLIPWeightsError, OPEN_CLIP_PREFIX, load_tokenizer, read_text_encoder_state_dict, \
+        text_encoder_from_state_dict
 
-    try:
-        encoder = text_encoder_from_state_dict(sd, config, dtype=dtype, source=f"{file} (cond_stage_model.model.*)")
-    except CLIPWeightsError as exc:
-        raise _text_error(exc, f"Expected {SOURCES['sd_x4_single_file']}.") from exc
+    given = [sd]
+
+    def load():
+        tensors = given.pop() if given else read_text_encoder_state_dict(file, prefix=OPEN_CLIP_PREFIX, dtype=dtype)
+        try:
+            return text_encoder_from_state_dict(tensors, config, dtype=dtype,
+                                                source=f"{file} (cond_stage_model.model.*)")
+        except CLIPWeightsError as exc:
+            raise _text_error(exc, f"Expected {SOURCES['sd_x4_single_file']}.") from exc
+
     # The single file carries no vocabulary; a tokenizer/ folder beside it is used when present, else the
     # special ids (the x4 ones unless the configs say otherwise) tokenize the empty prompt.
-    return encoder, load_tokenizer(file.parent / "tokenizer", fallback=tokenizer_ids)
+    return load, load_tokenizer(file.parent / "tokenizer", fallback=tokenizer_ids)
 
 
 def _single_file_configs(file: Path, configs: Mapping[str, dict] | str | Path | None) -> dict[str, dict]:
@@ -600,17 +630,21 @@ def load_diffusion_model(
     offload_device: str | torch.device = "cpu",
     text_encoder: bool = True,
     configs: Mapping[str, dict] | str | Path | None = None,
+    keep_text_encoder: bool = False,
 ) -> VSRModel:
     """Load a StableVSR or x4-upscaler model folder/file into a ``VSRModel``.
 
     path: a folder or file in one of ``LAYOUTS`` (see ``detect_layout``). method: ``"auto"`` (StableVSR
     for its folder, ``"sd_x4"`` otherwise), ``"stablevsr"`` (needs the ControlNet), or ``"sd_x4"`` (on a
-    StableVSR folder: its fine-tuned UNet run per frame, without the ControlNet). dtype: ``"auto"`` (fp16
-    on CUDA/MPS, fp32 on the CPU), ``"fp32"``, ``"fp16"``, ``"bf16"`` for the UNet, ControlNet and text
-    encoder; the x4 VAE is always fp32 (``vae_dtype``), as it overflows in fp16. Weights rest on
+    StableVSR folder: its fine-tuned UNet run per frame, without the ControlNet). dtype: ``"auto"``
+    (``resolve_dtype``: fp16 on CUDA/MPS, bf16 on a CPU with native bf16, else fp32), ``"fp32"``,
+    ``"fp16"``, ``"bf16"`` for the UNet, ControlNet and text encoder; the x4 VAE is fp32, or bf16 beside a
+    bf16 UNet where bf16 is native (``vae_dtype_for``), never fp16, where it overflows. Weights rest on
     ``offload_device``; ``VSRModel.on_device`` moves them to ``device`` while they run. text_encoder: False
-    skips the text encoder and tokenizer (samplers then need prompt embeddings). configs: architecture
-    configs for a single-file checkpoint (dict or diffusers-style folder; default: shipped x4 configs).
+    skips the text encoder and tokenizer (samplers then need prompt embeddings). keep_text_encoder: keep
+    it in the bundle; by default the empty prompt is encoded at load time and the encoder is built again
+    from its file only for another prompt (``loaders.clip.text_side``). configs: architecture configs for
+    a single-file checkpoint (dict or diffusers-style folder; default: shipped x4 configs).
 
     Every network is built from its config and loaded with ``strict=True``. Raises
     DiffusionWeightsError naming the file, what was expected and the official source.
@@ -628,14 +662,19 @@ def load_diffusion_model(
             f"Module). For StableVSR use {SOURCES['stablevsr']}."
         )
     compute = resolve_dtype(dtype, device)
-    vae_dtype = torch.float32
+    vae_dtype = vae_dtype_for(compute, device)
     device, offload = torch.device(device), torch.device(offload_device)
     source: dict[str, Any] = {"path": str(root), "layout": layout}
-    controlnet = encoder = tokenizer = None
+    controlnet = None
+    text: dict[str, Any] = {}
     low_res: dict | None = None
 
     if layout in ("stablevsr", "sd_x4_diffusers"):
         cfg_method = "stablevsr" if layout == "stablevsr" else "sd_x4"
+        if text_encoder:  # first: encoded and gone before the UNet is read
+            load_text, tokenizer, text_src = _text_loader(root, layout, compute)
+            text = text_side(load_text, tokenizer, [""], device, offload, keep=keep_text_encoder)
+            source.update(text_src)
         # read straight into the stored dtype: a bf16 model never holds its fp32 weights all at once
         unet, source["unet"] = _load_component(root, "unet", UNet2DConditionModel, cfg_method, layout,
                                                dtype=compute)
@@ -644,9 +683,6 @@ def load_diffusion_model(
         if method == "stablevsr":
             controlnet, source["controlnet"] = _load_component(root, "controlnet", ControlNetModel,
                                                                "stablevsr", layout, dtype=compute)
-        if text_encoder:
-            encoder, tokenizer, text_src = _load_text_side(root, layout, compute)
-            source.update(text_src)
         scheduler, source["scheduler"] = _scheduler_config(root, cfg_method, "scheduler")
         if layout == "sd_x4_diffusers":
             low_res, source["low_res_scheduler"] = _scheduler_config(root, "sd_x4", "low_res_scheduler")
@@ -658,8 +694,9 @@ def load_diffusion_model(
         if text_encoder:
             if not parts["text_encoder"]:
                 raise DiffusionWeightsError(f"{root} has no 'cond_stage_model.model.*' keys (text encoder). {hint}")
-            encoder, tokenizer = _single_file_text_side(parts["text_encoder"], root, arch.get("text_encoder"),
-                                                        compute, arch.get("tokenizer"))
+            load_text, tokenizer = _single_file_text_loader(parts.pop("text_encoder"), root,
+                                                            arch.get("text_encoder"), compute, arch.get("tokenizer"))
+            text = text_side(load_text, tokenizer, [""], device, offload, keep=keep_text_encoder)
         del parts
         scheduler, source["scheduler"] = _scheduler_config(None, "sd_x4", "scheduler")
         low_res, source["low_res_scheduler"] = _scheduler_config(None, "sd_x4", "low_res_scheduler")
@@ -673,15 +710,13 @@ def load_diffusion_model(
     vae = nn.Module.to(vae, device=offload, dtype=vae_dtype)
     if controlnet is not None:
         controlnet = nn.Module.to(controlnet, device=offload, dtype=compute)
-    if encoder is not None:
-        encoder = encoder.to(device=offload, dtype=compute)
+    trim_heap()  # what reading and converting left on the heap
     return VSRModel(
         method=method,
         unet=unet,
         vae=vae,
         controlnet=controlnet,
-        text_encoder=encoder,
-        tokenizer=tokenizer,
+        **text,
         scheduler_config=scheduler,
         low_res_scheduler_config=low_res,
         config=_model_config(unet, vae, layout),

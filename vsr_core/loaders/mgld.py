@@ -21,10 +21,14 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..memory import trim_heap
 from ..models.bundle import VSRModel
 from ..models.mgld_unet import MGLDUNet, StructEncoder
 from ..models.mgld_vae import MGLDVideoVAE
-from .diffusion import CONFIG_DIR, DiffusionWeightsError, build_strict, ldm_vae_to_diffusers, resolve_dtype
+from .clip import text_side
+from .common import to_dtype_
+from .diffusion import (CONFIG_DIR, DiffusionWeightsError, build_strict, ldm_vae_to_diffusers, resolve_dtype,
+                        vae_dtype_for)
 from .safe_pickle import UnsafeCheckpointError, load_state_dict
 
 __all__ = [
@@ -161,14 +165,17 @@ def prefer_safetensors(path: str | Path) -> Path:
     return twin if path.suffix != ".safetensors" and twin.is_file() else path
 
 
-def read_mgld_weights(path: str | Path, what: str) -> tuple[dict[str, Tensor], Path]:
-    """(state dict, file actually read) for an MGLD checkpoint, safetensors twin preferred. Raises
-    MGLDWeightsError naming the file and where to get it (also for a refused unsafe pickle)."""
+def read_mgld_weights(path: str | Path, what: str, mmap: bool = True) -> tuple[dict[str, Tensor], Path]:
+    """(state dict, file actually read) for an MGLD checkpoint, safetensors twin preferred. ``mmap``: a
+    pickle's tensors stay mapped from the file (no copy; for weights used as stored), else each is read
+    into memory of its own (for weights converted to another dtype: a converted tensor's source is then
+    freed, where a mapping keeps every page it was read through resident until the last tensor dies).
+    Raises MGLDWeightsError naming the file and where to get it (also for a refused unsafe pickle)."""
     path = prefer_safetensors(path)
     if not path.is_file():
         raise MGLDWeightsError(f"{what}: file not found: {path}. {WHERE_TO_GET}")
     try:
-        sd = load_state_dict(path)
+        sd = load_state_dict(path, mmap=mmap)
     except UnsafeCheckpointError as exc:
         raise MGLDWeightsError(f"{what}: {exc} {WHERE_TO_GET}") from exc
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a usable weight file"
@@ -220,17 +227,31 @@ def _build(cls, config: Mapping, sd: Mapping[str, Tensor], what: str, source: Pa
         raise MGLDWeightsError(str(exc)) from None
 
 
-def _text_side(sd: dict[str, Tensor], source: Path, dtype: torch.dtype, config: Mapping | None,
-               tokenizer: Mapping | None):
-    from .clip import CLIPWeightsError, EmptyPromptTokenizer, shipped_text_encoder_config, text_encoder_from_state_dict
+def _text_loader(sd: dict[str, Tensor], source: Path, dtype: torch.dtype, config: Mapping | None,
+                 tokenizer: Mapping | None):
+    """``(load, tokenizer)``: the first ``load()`` builds the OpenCLIP tower from ``sd`` (already read),
+    later ones read the checkpoint's ``cond_stage_model.model.*`` tensors again."""
+    from .clip import (CLIPWeightsError, EmptyPromptTokenizer, OPEN_CLIP_PREFIX, read_text_encoder_state_dict,
+                       shipped_text_encoder_config, text_encoder_from_state_dict)
 
-    try:
-        encoder = text_encoder_from_state_dict(sd, config or shipped_text_encoder_config("sd_x4"), dtype=dtype,
-                                               source=str(source))
-    except CLIPWeightsError as exc:
-        raise MGLDWeightsError(f"text encoder (cond_stage_model.model.*) of {source}: {exc}") from exc
+    given = [sd]
+
+    def load():
+        if given:
+            tensors = given.pop()
+        elif source.suffix == ".safetensors":
+            tensors = read_text_encoder_state_dict(source, prefix=OPEN_CLIP_PREFIX, dtype=dtype)
+        else:  # a pickle is read whole (MGLD only ever encodes "", which the loader encoded)
+            tensors = {k: v for k, v in read_mgld_weights(source, "MGLD diffusion checkpoint")[0].items()
+                       if k.startswith(OPEN_CLIP_PREFIX)}
+        try:
+            return text_encoder_from_state_dict(tensors, config or shipped_text_encoder_config("sd_x4"), dtype=dtype,
+                                                source=str(source))
+        except CLIPWeightsError as exc:
+            raise MGLDWeightsError(f"text encoder (cond_stage_model.model.*) of {source}: {exc}") from exc
+
     # the checkpoint carries no vocabulary; MGLD only ever encodes "" (spec §4.1)
-    return encoder, EmptyPromptTokenizer.from_config(tokenizer)
+    return load, EmptyPromptTokenizer.from_config(tokenizer)
 
 
 def load_mgld_model(
@@ -241,14 +262,17 @@ def load_mgld_model(
     offload_device: str | torch.device = "cpu",
     text_encoder: bool | str = "auto",
     configs: Mapping | str | Path | None = None,
+    keep_text_encoder: bool = False,
 ) -> VSRModel:
     """Load MGLD into a ``VSRModel(method="mgld")``.
 
     unet_ckpt: ``mgldvsr_unet.ckpt`` (or its .safetensors); vae_ckpt: ``video_vae_cfw.ckpt`` (idem).
-    dtype: "auto" (fp16 on CUDA/MPS, else fp32), "fp32", "fp16", "bf16" for the UNet, the structure
-    encoder and the text encoder; both VAEs stay fp32 (``vae_dtype``). text_encoder: "auto" loads the
+    dtype: "auto" (fp16 on CUDA/MPS, bf16 on a CPU with native bf16, else fp32), "fp32", "fp16", "bf16" for the UNet, the structure
+    encoder and the text encoder; both VAEs fp32, or bf16 beside a bf16 UNet where bf16 is native
+    (``vae_dtype``, ``diffusion.vae_dtype_for``). text_encoder: "auto" loads the
     OpenCLIP tower when the checkpoint has it, True requires it, False skips it (samplers then take
-    embeddings). configs: our config dicts (``{"unet", "struct_encoder", "vae", "video_vae",
+    embeddings); it encodes "" at load time and is not kept unless keep_text_encoder (``clip.text_side``).
+    configs: our config dicts (``{"unet", "struct_encoder", "vae", "video_vae",
     "text_encoder", "tokenizer" (special ids)}``, partial allowed) or a JSON file of them; default the released model's.
 
     Fields: ``unet`` (MGLDUNet), ``struct_encoder`` (StructEncoder), ``vae`` (diffusers AutoencoderKL, the
@@ -261,33 +285,42 @@ def load_mgld_model(
 
     cfg = _resolve_configs(configs)
     compute = resolve_dtype(dtype, device)
-    vae_dtype = torch.float32
+    vae_dtype = vae_dtype_for(compute, device)
     device, offload = torch.device(device), torch.device(offload_device)
 
-    sd, unet_file = read_mgld_weights(unet_ckpt, "MGLD diffusion checkpoint (mgldvsr_unet.ckpt)")
+    # a model stored in bf16/fp16 reads the file's tensors into memory of their own and converts them one
+    # at a time, each fp32 source freed as its copy is made (the fp32 file is 5.7 GB; mapped, all of it
+    # would stay resident beside the copies)
+    halved = compute != torch.float32 or vae_dtype != torch.float32
+    sd, unet_file = read_mgld_weights(unet_ckpt, "MGLD diffusion checkpoint (mgldvsr_unet.ckpt)", mmap=not halved)
     parts = split_mgld_checkpoint(sd)
     del sd
+    for part, dt in (("unet", compute), ("struct_encoder", compute), ("text_encoder", compute), ("vae", vae_dtype)):
+        to_dtype_(parts[part], dt)
     for part in ("unet", "struct_encoder", "vae"):
         if not parts[part]:
             raise MGLDWeightsError(f"{unet_file} has no '{MGLD_PREFIXES[part]}*' keys: not MGLD's diffusion "
                                    f"checkpoint (mgldvsr_unet.ckpt). {WHERE_TO_GET}")
-    unet = _build(MGLDUNet, cfg["unet"], parts["unet"], "MGLD UNet (model.diffusion_model.*)", unet_file)
-    struct = _build(StructEncoder, cfg["struct_encoder"], parts["struct_encoder"],
-                    "MGLD structure encoder (structcond_stage_model.*)", unet_file)
-    vae = _build(AutoencoderKL, cfg["vae"], ldm_vae_to_diffusers(parts["vae"], cfg["vae"]),
-                 "MGLD first-stage VAE (first_stage_model.*)", unet_file)
-    encoder = tokenizer = None
     if text_encoder not in (True, False, "auto"):
         raise ValueError(f"text_encoder must be True, False or 'auto', got {text_encoder!r}")
     if text_encoder is True and not parts["text_encoder"]:
         raise MGLDWeightsError(f"{unet_file} has no 'cond_stage_model.model.*' keys (the OpenCLIP text "
                                f"encoder). {WHERE_TO_GET}")
+    text: dict = {}
     if text_encoder and parts["text_encoder"]:
-        encoder, tokenizer = _text_side(parts["text_encoder"], unet_file, compute, cfg.get("text_encoder"),
-                                        cfg.get("tokenizer"))
+        load_text, tokenizer = _text_loader(parts.pop("text_encoder"), unet_file, compute, cfg.get("text_encoder"),
+                                            cfg.get("tokenizer"))
+        text = text_side(load_text, tokenizer, [""], device, offload, keep=keep_text_encoder)
+    unet = _build(MGLDUNet, cfg["unet"], parts["unet"], "MGLD UNet (model.diffusion_model.*)", unet_file)
+    struct = _build(StructEncoder, cfg["struct_encoder"], parts["struct_encoder"],
+                    "MGLD structure encoder (structcond_stage_model.*)", unet_file)
+    vae = _build(AutoencoderKL, cfg["vae"], ldm_vae_to_diffusers(parts["vae"], cfg["vae"]),
+                 "MGLD first-stage VAE (first_stage_model.*)", unet_file)
     del parts
 
-    vsd, vae_file = read_mgld_weights(vae_ckpt, "MGLD video VAE checkpoint (video_vae_cfw.ckpt)")
+    vsd, vae_file = read_mgld_weights(vae_ckpt, "MGLD video VAE checkpoint (video_vae_cfw.ckpt)",
+                                      mmap=vae_dtype == torch.float32)
+    to_dtype_(vsd, vae_dtype)
     video_vae = _build(MGLDVideoVAE, cfg["video_vae"], video_vae_state_dict(vsd), "MGLD video VAE", vae_file)
     del vsd
 
@@ -295,14 +328,12 @@ def load_mgld_model(
     struct = nn.Module.to(struct, device=offload, dtype=compute)
     vae = nn.Module.to(vae, device=offload, dtype=vae_dtype)
     video_vae = nn.Module.to(video_vae, device=offload, dtype=vae_dtype)
-    if encoder is not None:
-        encoder = encoder.to(device=offload, dtype=compute)
+    trim_heap()  # what reading and converting left on the heap
     return VSRModel(
         method="mgld",
         unet=unet,
         vae=vae,
-        text_encoder=encoder,
-        tokenizer=tokenizer,
+        **text,
         scheduler_config=dict(cfg["scheduler"]),
         config={
             "vae_scale_factor": 2 ** (len(cfg["vae"]["block_out_channels"]) - 1),

@@ -27,12 +27,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..memory import trim_heap
 from ..models.bundle import VSRModel
 from ..models.satec import SATeCoAdapter, SATeCoConfig, VideoRefiner, decoder_plan
+from .clip import text_side
 from .common import key_mismatches, mismatch_message
-from .diffusion import (DiffusionWeightsError, _load_component, _load_text_side, _scheduler_config,
-                        _single_file_configs, _single_file_text_side, build_ldm_unet_vae, read_weights,
-                        remap_vae_legacy_attention, resolve_dtype, split_ldm_checkpoint)
+from .diffusion import (DiffusionWeightsError, _load_component, _scheduler_config, _text_loader,
+                        _single_file_configs, _single_file_text_loader, build_ldm_unet_vae, read_weights,
+                        remap_vae_legacy_attention, resolve_dtype, split_ldm_checkpoint, vae_dtype_for)
 
 __all__ = ["SD_BASE_HINT", "SATeCoParts", "load_sd_base", "detect_prediction", "save_satec", "load_satec",
            "new_parts", "PARTS", "TRAIN_HINT"]
@@ -64,24 +66,30 @@ def detect_prediction(unet_ldm: dict[str, Tensor]) -> str:
 
 def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.dtype = "auto",
                  device: str | torch.device = "cpu", offload_device: str | torch.device = "cpu",
-                 text_encoder: bool = True, configs=None) -> VSRModel:
-    """The frozen SD 2.x UNet, VAE (fp32) and text encoder as a ``VSRModel`` with ``method="satec"``."""
+                 text_encoder: bool = True, configs=None, keep_text_encoder: bool = False) -> VSRModel:
+    """The frozen SD 2.x UNet, VAE (fp32) and text encoder as a ``VSRModel`` with ``method="satec"``
+    (SATeCo conditions on the empty prompt, encoded at load time; keep_text_encoder: see
+    ``loaders.clip.text_side``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     if prediction not in ("auto", "epsilon", "v_prediction"):
         raise ValueError(f"prediction must be 'auto', 'epsilon' or 'v_prediction', got {prediction!r}")
     root = Path(path)
     compute = resolve_dtype(dtype, device)
-    encoder = tokenizer = None
+    vae_dtype = vae_dtype_for(compute, device)
+    offload = torch.device(offload_device)
+    text: dict = {}
     source = {"path": str(root)}
     if root.is_dir():
-        unet, source["unet"] = _load_component(root, "unet", UNet2DConditionModel, "sd2", "sd2_diffusers")
-        vae, source["vae"] = _load_component(root, "vae", AutoencoderKL, "sd2", "sd2_diffusers",
-                                             remap=remap_vae_legacy_attention)
-        scheduler, source["scheduler"] = _scheduler_config(root, "sd2", "scheduler")
-        if text_encoder:
-            encoder, tokenizer, text_src = _load_text_side(root, "sd2_diffusers", compute)
+        if text_encoder:  # first: encoded and gone before the UNet is read
+            load_text, tokenizer, text_src = _text_loader(root, "sd2_diffusers", compute)
+            text = text_side(load_text, tokenizer, [""], device, offload, keep=keep_text_encoder)
             source.update(text_src)
+        unet, source["unet"] = _load_component(root, "unet", UNet2DConditionModel, "sd2", "sd2_diffusers",
+                                               dtype=compute)
+        vae, source["vae"] = _load_component(root, "vae", AutoencoderKL, "sd2", "sd2_diffusers",
+                                             remap=remap_vae_legacy_attention, dtype=vae_dtype)
+        scheduler, source["scheduler"] = _scheduler_config(root, "sd2", "scheduler")
         own_prediction = scheduler.get("prediction_type", "epsilon")
     elif root.is_file():
         arch = _single_file_configs(root, configs)
@@ -92,8 +100,9 @@ def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.
             if not parts["text_encoder"]:
                 raise DiffusionWeightsError(f"{root} has no 'cond_stage_model.model.*' keys (the OpenCLIP text "
                                             f"encoder of SD 2.x). {SD_BASE_HINT}")
-            encoder, tokenizer = _single_file_text_side(parts["text_encoder"], root, arch.get("text_encoder"),
-                                                        compute, arch.get("tokenizer"))
+            load_text, tokenizer = _single_file_text_loader(parts.pop("text_encoder"), root,
+                                                            arch.get("text_encoder"), compute, arch.get("tokenizer"))
+            text = text_side(load_text, tokenizer, [""], device, offload, keep=keep_text_encoder)
         del parts
         scheduler, source["scheduler"] = _scheduler_config(None, "sd2", "scheduler")
     else:
@@ -101,18 +110,16 @@ def load_sd_base(path: str | Path, prediction: str = "auto", dtype: str | torch.
     scheduler = {k: v for k, v in scheduler.items() if not k.startswith("_")}
     scheduler["prediction_type"] = own_prediction if prediction == "auto" else prediction
     source["prediction_type"] = scheduler["prediction_type"]
-    offload = torch.device(offload_device)
     unet = nn.Module.to(unet, device=offload, dtype=compute)
-    vae = nn.Module.to(vae, device=offload, dtype=torch.float32)
-    if encoder is not None:
-        encoder = encoder.to(device=offload, dtype=compute)
+    vae = nn.Module.to(vae, device=offload, dtype=vae_dtype)
+    trim_heap()  # what reading and converting left on the heap
     vcfg = vae.config
-    return VSRModel(method="satec", unet=unet, vae=vae, text_encoder=encoder, tokenizer=tokenizer,
+    return VSRModel(method="satec", unet=unet, vae=vae, **text,
                     scheduler_config=scheduler,
                     config={"vae_scale_factor": 2 ** (len(vcfg.block_out_channels) - 1),
                             "scaling_factor": float(vcfg.scaling_factor), "latent_channels": int(vcfg.latent_channels),
                             "lr_channels": 0},
-                    dtype=compute, vae_dtype=torch.float32, device=torch.device(device), offload_device=offload,
+                    dtype=compute, vae_dtype=vae_dtype, device=torch.device(device), offload_device=offload,
                     source=source)
 
 

@@ -26,9 +26,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..memory import trim_heap
 from ..models.bundle import VSRModel
 from ..models.uav_unet import ROTARY_DIM, UNetVideoModel, rotary_freqs
 from ..models.uav_vae import AutoencoderKLVideo
+from .clip import text_side
 from .diffusion import (
     DiffusionWeightsError,
     build_strict,
@@ -36,6 +38,7 @@ from .diffusion import (
     remap_vae_legacy_attention,
     resolve_dtype,
     shipped_config,
+    vae_dtype_for,
 )
 
 __all__ = [
@@ -78,12 +81,14 @@ def drop_rotary_freqs(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Remove the ``*rotary_emb.freqs`` constants of the official UNet file (one shared module saved under
     every temporal attention plus ``temporal_rotary_emb``); the model recomputes them. Raises
     DiffusionWeightsError if one differs from ``1/10000^(arange(0,32,2)/32)``: the model would then not
-    compute what the file's author ran."""
+    compute what the file's author ran. The table is compared in the dtype it was read in (a file read
+    straight into bf16 or fp16 holds it rounded)."""
     expected = rotary_freqs(ROTARY_DIM)
     out = {}
     for key, value in sd.items():
         if key.endswith("rotary_emb.freqs"):
-            if value.shape != expected.shape or not torch.allclose(value.float(), expected, rtol=1e-3, atol=1e-6):
+            if value.shape != expected.shape or not torch.allclose(
+                    value.float(), expected.to(value.dtype).float(), rtol=1e-3, atol=1e-6):
                 raise DiffusionWeightsError(
                     f"{key} {tuple(value.shape)} is not the standard rotary frequency table 1/10000^(2i/32); "
                     "this UNet recomputes it, so the file is not the released Upscale-A-Video UNet.")
@@ -142,9 +147,11 @@ def load_uav_unet(root: str | Path, dtype: torch.dtype | None = None) -> tuple[U
     return model, {"weights": str(file), "config": cfg_src}
 
 
-def load_uav_vae(root: str | Path, kind: str = "video") -> tuple[AutoencoderKLVideo, dict]:
+def load_uav_vae(root: str | Path, kind: str = "video",
+                 dtype: torch.dtype | None = None) -> tuple[AutoencoderKLVideo, dict]:
     """Build ``vae_video`` (kind "video") or ``vae_3d`` (kind "3d") from ``root/vae`` strictly, with the
-    old diffusers attention names remapped. Returns (model, source)."""
+    old diffusers attention names remapped, its weights read in ``dtype`` (None: the file's). Returns
+    (model, source)."""
     if kind not in ("video", "3d"):
         raise ValueError(f"vae must be 'video' or '3d', got {kind!r}")
     root, part = Path(root), f"vae_{kind}"
@@ -153,7 +160,7 @@ def load_uav_vae(root: str | Path, kind: str = "video") -> tuple[AutoencoderKLVi
         raise _missing(root, part)
     config, cfg_src = _config(root, part)
     what = _PARTS[part][3]
-    sd = remap_vae_legacy_attention(read_weights(file, what, UAV_SOURCE))
+    sd = remap_vae_legacy_attention(read_weights(file, what, UAV_SOURCE, dtype))
     model = build_strict(AutoencoderKLVideo, config, sd, what, file, UAV_SOURCE)
     return model, {"weights": str(file), "config": cfg_src}
 
@@ -168,19 +175,23 @@ def _scheduler(root: Path, sub: str) -> tuple[dict, str]:
     return shipped_config(CONFIG_METHOD, sub), f"shipped vsr_core/configs/{CONFIG_METHOD}/{sub}.json"
 
 
-def _text_side(root: Path, dtype: torch.dtype):
+def _text_loader(root: Path, dtype: torch.dtype):
+    """``(load, tokenizer, source)``: ``load()`` builds the text encoder from ``text_encoder/`` strictly."""
     from .clip import CLIPWeightsError, load_text_encoder, load_tokenizer
 
     folder = root / "text_encoder"
     what = "text_encoder of Upscale-A-Video (the x4 upscaler's CLIP text model)"
     if not folder.is_dir():
         raise DiffusionWeightsError(f"{what}: missing folder {folder}. {UAV_SOURCE}")
-    try:
-        encoder = load_text_encoder(folder, dtype=dtype)
-    except (FileNotFoundError, CLIPWeightsError) as exc:
-        raise DiffusionWeightsError(f"{what}: {exc} {UAV_SOURCE}") from exc
+
+    def load():
+        try:
+            return load_text_encoder(folder, dtype=dtype)
+        except (FileNotFoundError, CLIPWeightsError) as exc:
+            raise DiffusionWeightsError(f"{what}: {exc} {UAV_SOURCE}") from exc
+
     tok = root / "tokenizer"
-    return encoder, load_tokenizer(tok), {"text_encoder": str(folder), "tokenizer": str(tok) if tok.is_dir() else None}
+    return load, load_tokenizer(tok), {"text_encoder": str(folder), "tokenizer": str(tok) if tok.is_dir() else None}
 
 
 def load_uav_model(
@@ -191,16 +202,20 @@ def load_uav_model(
     vae: str = "video",
     text_encoder: bool = True,
     load_other_vae: bool = True,
+    keep_text_encoder: bool = False,
 ) -> VSRModel:
     """Load the official Upscale-A-Video folder into a ``VSRModel`` (method "upscale_a_video").
 
-    folder: the folder of the layout above. dtype: "auto" (fp16 on CUDA/MPS, fp32 on the CPU), "fp32",
-    "fp16", "bf16" for the UNet and text encoder; the VAEs stay fp32 (the official pipeline decodes in
-    fp32, the x4 VAE overflows in fp16). vae: "video" (``vae_video``, LR-conditioned; the official
+    folder: the folder of the layout above. dtype: "auto" (fp16 on CUDA/MPS, bf16 on a CPU with native
+    bf16, else fp32; ``resolve_dtype``), "fp32", "fp16", "bf16" for the UNet and text encoder; the VAEs
+    are fp32 (the official pipeline decodes in fp32, the x4 VAE overflows in fp16), or bf16 beside a bf16
+    UNet where bf16 is native (``vae_dtype_for``). vae: "video" (``vae_video``, LR-conditioned; the official
     ``--use_video_vae``) or "3d" (``vae_3d``, the official default): it becomes ``VSRModel.vae`` and is
     required. ``load_other_vae``: also load the other VAE when its file is present. Both loaded VAEs are
     in ``VSRModel.config["vaes"]`` ({"video": module, "3d": module}); ``config["vae_kind"]`` names the
-    one in ``.vae``. text_encoder: False skips text_encoder/ and tokenizer/.
+    one in ``.vae``. text_encoder: False skips text_encoder/ and tokenizer/. keep_text_encoder: keep it in
+    the bundle; by default the pipeline's prompts (``UAV_A_PROMPT``, ``UAV_N_PROMPT``, "") are encoded at
+    load time and the encoder is built again from its file only for another prompt (``clip.text_side``).
     ``config["raft_path"]`` is ``propagator/raft-things.pth`` when present (else None): the flow
     network is loaded by the flow nodes, not here.
 
@@ -215,27 +230,31 @@ def load_uav_model(
     device, offload = torch.device(device), torch.device(offload_device)
     source: dict[str, Any] = {"path": str(root), "layout": METHOD}
 
+    text: dict[str, Any] = {}
+    if text_encoder:  # first: encoded and gone before the UNet is read
+        from ..sampling.uav import UAV_A_PROMPT, UAV_N_PROMPT
+
+        load_text, tokenizer, text_src = _text_loader(root, compute)
+        text = text_side(load_text, tokenizer, [UAV_A_PROMPT, UAV_N_PROMPT, ""], device, offload,
+                         keep=keep_text_encoder)
+        source.update(text_src)
     unet, source["unet"] = load_uav_unet(root, compute)  # read straight into the stored dtype
     vaes: dict[str, nn.Module] = {}
-    vaes[vae], source[f"vae_{vae}"] = load_uav_vae(root, vae)
+    vae_dtype = vae_dtype_for(compute, device)
+    vaes[vae], source[f"vae_{vae}"] = load_uav_vae(root, vae, vae_dtype)
     other = "3d" if vae == "video" else "video"
     if load_other_vae and _weights_file(root / "vae", f"vae_{other}") is not None:
-        vaes[other], source[f"vae_{other}"] = load_uav_vae(root, other)
+        vaes[other], source[f"vae_{other}"] = load_uav_vae(root, other, vae_dtype)
 
-    encoder = tokenizer = None
-    if text_encoder:
-        encoder, tokenizer, text_src = _text_side(root, compute)
-        source.update(text_src)
     scheduler, source["scheduler"] = _scheduler(root, "scheduler")
     low_res, source["low_res_scheduler"] = _scheduler(root, "low_res_scheduler")
     raft = root / "propagator" / "raft-things.pth"
 
     unet = nn.Module.to(unet, device=offload, dtype=compute)
     for k in vaes:
-        vaes[k] = nn.Module.to(vaes[k], device=offload, dtype=torch.float32)
-    if encoder is not None:
-        encoder = encoder.to(device=offload, dtype=compute)
+        vaes[k] = nn.Module.to(vaes[k], device=offload, dtype=vae_dtype)
     vcfg = vaes[vae].config
+    trim_heap()  # what reading and converting left on the heap
     config = {
         "layout": METHOD,
         "vae_scale_factor": 2 ** (len(vcfg.block_out_channels) - 1),
@@ -252,9 +271,9 @@ def load_uav_model(
         "window_overlap": 2,
         "decode_chunk": 3,
     }
-    return VSRModel(method=METHOD, unet=unet, vae=vaes[vae], text_encoder=encoder, tokenizer=tokenizer,
+    return VSRModel(method=METHOD, unet=unet, vae=vaes[vae], **text,
                     scheduler_config=scheduler, low_res_scheduler_config=low_res, config=config, dtype=compute,
-                    vae_dtype=torch.float32, device=device, offload_device=offload, source=source)
+                    vae_dtype=vae_dtype, device=device, offload_device=offload, source=source)
 
 
 # -------------------------------------------------------------------------------------- tiny writer

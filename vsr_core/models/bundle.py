@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -109,13 +109,20 @@ def borrow(modules: Sequence[tuple[nn.Module, torch.dtype | None]], device: torc
                 torch.cuda.empty_cache()
 
 
+def prompt_cache_key(prompt: str) -> tuple:
+    """The key of ``prompt``'s embeddings in a ``VSRModel``'s prompt cache."""
+    return ("prompt", prompt)
+
+
 @dataclass
 class VSRModel:
     """A diffusion method's bundle.
 
     method: "sd_x4" (the Stable Diffusion x4 upscaler, per-frame), "stablevsr", ...
     unet, vae, controlnet (StableVSR's Temporal Conditioning Module), text_encoder, tokenizer: the networks
-    (None where the method has none).
+    (None where the method has none). text_reload: builds the text encoder again from its file, when the
+    loader did not keep it (``loaders.clip.text_side``: the prompts a method uses by default are encoded at
+    load time, in the cache, and a new prompt's one encode reloads it); ``text_encoder`` is then None.
     scheduler_config: the model's own scheduler config (dict, diffusers format); low_res_scheduler_config:
     the x4 family's noise-augmentation scheduler (None for StableVSR, which does not augment).
     config: method settings — ``vae_scale_factor`` (4 for the x4 family), ``scaling_factor`` (0.08333),
@@ -145,6 +152,7 @@ class VSRModel:
     struct_encoder: nn.Module | None = None
     video_vae: nn.Module | None = None
     satec: Any = None  # SATeCo's adapters and refiner (loaders.satec.SATeCoParts) on its SD 2.x base
+    text_reload: Callable[[], nn.Module] | None = field(default=None, repr=False)
     _prompt_cache: dict = field(default_factory=dict, repr=False)
 
     @property

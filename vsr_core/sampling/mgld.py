@@ -556,6 +556,9 @@ def decode_mgld(model, latents: Tensor, lr_frames: Tensor | None = None, dec_w: 
         x_up = prep.x_up
     if getattr(model, "video_vae", None) is None:
         raise ValueError("this VSRModel has no MGLD video VAE (load it with load_mgld_model)")
+    from ..memory import trim_heap
+
+    trim_heap()  # the sampler's freed activations, before the decoder's large ones (0.5 GiB at 512 px)
     t = latents.shape[0]
     spans = plan_segments(t, segment, pad="last")
     lat = pad_frames(latents.float(), spans[-1][1])
