@@ -116,8 +116,7 @@ def main() -> None:
                                                     "CPU with native bf16, else fp32)")
     ap.add_argument("--no-fp32", action="store_true", help="leave out our fp32 row (saves time on MGLD)")
     ap.add_argument("--work", default=None, help="folder for the weights and outputs (kept; reused when present)")
-    parts = {name: importlib.import_module(module) for name, module in METHODS.items()
-             if (Path(__file__).parent / f"{module}.py").is_file()}
+    parts = {name: importlib.import_module(module) for name, module in METHODS.items()}
     for part in parts.values():
         part.add_args(ap)
     args = ap.parse_args()

@@ -283,23 +283,29 @@ def test_the_text_encoder_is_not_kept_and_encodes_before_the_unet_is_read(tiny_d
     assert prompt_embeddings(x4, "a cat") is cat and len(built) == 1  # cached
 
 
-def test_single_file_text_side_reloads_only_the_text_keys(tiny_dir, x4_single, monkeypatch):
+def test_single_file_text_side_reloads_only_the_text_keys(tiny_dir, x4_folder, tmp_path, monkeypatch):
     from vsr_core.loaders import common
     from vsr_core.sampling.prompt import prompt_embeddings
 
-    m = load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler-ema.safetensors", dtype="fp32")
-    assert m.text_encoder is None
+    bare = load_diffusion_model(tiny_dir / "sd_x4" / "x4-upscaler-ema.safetensors", dtype="fp32")
+    shutil.copy(tiny_dir / "sd_x4" / "x4-upscaler-ema.safetensors", tmp_path / "x4-upscaler-ema.safetensors")
+    shutil.copytree(tiny_dir / "sd_x4" / "x4-upscaler" / "tokenizer", tmp_path / "tokenizer")
+    m = load_diffusion_model(tmp_path / "x4-upscaler-ema.safetensors", dtype="fp32")  # a vocabulary beside it
+    assert bare.text_encoder is None and m.text_encoder is None
     read = []
     real = common.read_safetensors
     monkeypatch.setattr(common, "read_safetensors",
                         lambda path, dtype=None, keep=None: read.append(keep) or real(path, dtype, keep))
     with torch.no_grad():
-        want = x4_single.text_encoder(x4_single.tokenizer([""]))
+        want = x4_folder.text_encoder(x4_folder.tokenizer([""]))
     torch.testing.assert_close(prompt_embeddings(m, ""), want.float(), rtol=1e-6, atol=1e-6)
     assert read == []  # "" was encoded at load time
-    x4_single.tokenizer = m.tokenizer
-    with pytest.raises(ValueError, match="no tokenizer"):  # the single file has no vocabulary
-        prompt_embeddings(m, "a cat")
+    with pytest.raises(ValueError, match="no tokenizer"):  # the bare single file has no vocabulary
+        prompt_embeddings(bare, "a cat")
+    assert read == []  # refused by the tokenizer before the encoder was read again
+    with torch.no_grad():
+        want = x4_folder.text_encoder(x4_folder.tokenizer(["a cat"]))
+    torch.testing.assert_close(prompt_embeddings(m, "a cat"), want.float(), rtol=1e-6, atol=1e-6)
     assert len(read) == 1 and read[0] is not None and read[0]("cond_stage_model.model.ln_final.weight") \
         and not read[0]("model.diffusion_model.out.2.weight")
 

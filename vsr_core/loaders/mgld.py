@@ -291,8 +291,8 @@ def load_mgld_model(
     # a model stored in bf16/fp16 reads the file's tensors into memory of their own and converts them one
     # at a time, each fp32 source freed as its copy is made (the fp32 file is 5.7 GB; mapped, all of it
     # would stay resident beside the copies)
-    halved = compute != torch.float32 or vae_dtype != torch.float32
-    sd, unet_file = read_mgld_weights(unet_ckpt, "MGLD diffusion checkpoint (mgldvsr_unet.ckpt)", mmap=not halved)
+    sd, unet_file = read_mgld_weights(unet_ckpt, "MGLD diffusion checkpoint (mgldvsr_unet.ckpt)",
+                                      mmap=compute == torch.float32)  # (the VAEs are bf16 only beside bf16)
     parts = split_mgld_checkpoint(sd)
     del sd
     for part, dt in (("unet", compute), ("struct_encoder", compute), ("text_encoder", compute), ("vae", vae_dtype)):

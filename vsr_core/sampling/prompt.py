@@ -23,6 +23,7 @@ def prompt_embeddings(model: VSRModel, prompt: str = "") -> Tensor:
 
         if model.text_encoder is not None:
             return encode_on(model.text_encoder, model.tokenizer, prompt, model.device, model.offload_device)
+        model.tokenizer([prompt])  # a prompt the tokenizer refuses is refused before the encoder is read again
         return encode_on(model.text_reload(), model.tokenizer, prompt, model.device)
 
     return model.cached_prompt(prompt_cache_key(prompt), compute)
