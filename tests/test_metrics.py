@@ -132,3 +132,7 @@ def test_quality_bench_reads_vid4_style_folders(tmp_path, capsys):
     assert {"bicubic", "lanczos", "learned"} <= set(rows)
     with pytest.raises(FileNotFoundError, match="no clip names in common"):
         quality.folder_clips(tmp_path / "GT", tmp_path / "BIx4" / "extra")
+    # --h264: the clip a viewer receives, compressed and decoded again (same frames, slightly changed)
+    lr = clips[0][2]
+    coded = quality.h264(lr, 35)
+    assert coded.shape == lr.shape and 0 < (coded - lr).abs().mean() < 0.1

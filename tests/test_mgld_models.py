@@ -60,6 +60,42 @@ def test_spatial_temporal_conv_mixes_frames_within_clips_only():
     assert (y[3:] - y2[3:]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="not a whole number of 3-frame clips"):
         stc(torch.randn(4, 4, 5, 5))
+    stc.by_frame = True  # the decoder's memory-lean form: the same equation one frame at a time
+    with torch.no_grad():
+        torch.testing.assert_close(stc(x), y, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stc(x.contiguous(memory_format=torch.channels_last)), y, rtol=1e-5, atol=1e-6)
+
+
+def test_video_vae_decodes_frame_by_frame_as_in_one_call():
+    """Without autograd the CFW decoder runs its 2-D parts and temporal convs one frame at a time and the
+    encoder stops at the features CFW needs (memory); the result is the one-call (autograd) result,
+    also in channels-last, and the temporal convs still mix frames within a clip only."""
+    from vsr_core.models.mgld_vae import MGLDVideoVAE
+
+    vae = randomize_(MGLDVideoVAE.from_config(tiny_mgld_configs()["video_vae"]), 3).eval()
+    x = torch.rand(10, 3, 32, 40) * 2 - 1  # two 5-frame segments
+    z = torch.randn(10, 4, 4, 5)
+    with torch.enable_grad():
+        feats_ref = [f.detach() for f in vae.encode(x)[1]]
+        ref = vae.decode(z, feats_ref).detach()
+    with torch.no_grad():
+        feats = vae.encode_features(x)
+        out = vae.decode(z, feats)
+        from vsr_core.speed import channels_last_
+
+        channels_last_(vae)
+        out_cl = vae.decode(z.contiguous(memory_format=torch.channels_last),
+                            [f.contiguous(memory_format=torch.channels_last) for f in feats])
+    for a, b in zip(feats, feats_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out_cl, ref, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        z2 = z.clone()
+        z2[7] += 1.0  # one frame of the second segment
+        out2 = vae.decode(z2, feats)
+    torch.testing.assert_close(out2[:5], out[:5], rtol=0, atol=1e-5)  # the other segment is untouched
+    assert (out2[5:7] - out[5:7]).abs().max() > 1e-4  # its neighbours in the segment see it
 
 
 def test_tiny_unet_frame_order_matters_and_shapes():

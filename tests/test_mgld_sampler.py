@@ -117,3 +117,26 @@ def test_prepare_input_upsamples_and_pads():
     assert r.size == (520, 600) and tuple(r.x_up.shape) == (1, 3, 544, 608)
     with pytest.raises(ValueError):
         prepare_mgld_input(torch.rand(3, 12, 20))
+
+
+def test_posterior_then_x_T_then_steps_from_one_stream_per_segment():
+    """The script, per segment: seed_everything(seed), the LR posterior sample, x_T's noise, then one draw
+    per step, all from that one stream. Given the posterior, the sampler draws in that order (so x_T's
+    noise is not the posterior's noise again)."""
+    from vsr_core.sampling.mgld import LatentPosterior
+
+    z, vf = moving_clip(t=10, h=16, w=16)
+    std = 0.3 + 0.1 * torch.rand_like(z)
+    out = sample_mgld_latents(toy_denoiser, LatentPosterior(z, std), vf, steps=4, seed=3, tile=0)
+    for s, e in ((0, 5), (5, 10)):
+        g = torch.Generator().manual_seed(3)  # re-seeded for every segment
+        z_s = z[s:e] + std[s:e] * torch.randn(z[s:e].shape, generator=g)
+        xt = torch.randn(z_s.shape, generator=g)
+        ref = sample_mgld_latents(toy_denoiser, z_s, vf.frames(s, e), steps=4, seed=3, tile=0, x_T_noise=xt,
+                                  noise=lambda k, shape: torch.randn(shape, generator=g))
+        torch.testing.assert_close(out[s:e], ref, rtol=0, atol=1e-6)
+    g = torch.Generator().manual_seed(3)
+    first = torch.randn(z[:5].shape, generator=g)
+    same = sample_mgld_latents(toy_denoiser, z[:5] + std[:5] * first, vf.frames(0, 5), steps=4, seed=3, tile=0,
+                               x_T_noise=first)
+    assert not torch.allclose(out[:5], same, atol=1e-3)  # x_T's noise is its own draw

@@ -97,11 +97,14 @@ class LearnedUpscaler:
         x = window.to(self.device, dtype).permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
         h, w = x.shape[-2:]
+        windows = model.align_windows(x.unsqueeze(0))[0]  # flows on whole frames, before any tiling
+        k = windows.shape[1]
         if self.tile and max(h, w) > self.tile:
-            y = tiled_apply(lambda t: model(t, self.scale), x, self.tile, 0, scale=self.scale, mode="hard",
+            y = tiled_apply(lambda t: model.upscale_windows(t.unflatten(1, (k, -1)), self.scale),
+                            windows.flatten(1, 2), self.tile, 0, scale=self.scale, mode="hard",
                             context=model.receptive_radius)
         else:
-            y = model(x, self.scale)
+            y = model.upscale_windows(windows, self.scale)
         return y.clamp_(0, 1).permute(0, 2, 3, 1).to("cpu", torch.float32).contiguous()
 
 

@@ -140,9 +140,10 @@ class SpatialTemporalConv(nn.Module):
     """``α·Conv3d_(3,1,1)(x) + (1−α)·x`` over the frames of each clip (spec §4.2b), α learned
     (``temporal_alpha``). x: [(b·t), C, H, W] with t = num_frames."""
 
-    def __init__(self, channels: int, num_frames: int = 5):
+    def __init__(self, channels: int, num_frames: int = 5, by_frame: bool = False):
         super().__init__()
         self.num_frames = num_frames
+        self.by_frame = by_frame
         self.temporal_conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
         self.temporal_alpha = nn.Parameter(torch.ones(1))
 
@@ -150,8 +151,30 @@ class SpatialTemporalConv(nn.Module):
         t = num_frames or self.num_frames
         bt, c, h, w = x.shape
         b = frames_to_clips(bt, t, "SpatialTemporalConv")
+        if self.by_frame and not torch.is_grad_enabled():
+            return self._by_frame(x, b, t)
         res = self.temporal_conv(x.reshape(b, t, c, h, w).transpose(1, 2)).transpose(1, 2).reshape(bt, c, h, w)
         return self.temporal_alpha * res + (1 - self.temporal_alpha) * x
+
+    def _by_frame(self, x: Tensor, b: int, t: int) -> Tensor:
+        """The same equation one output frame at a time: the (3, 1, 1) kernel is one 1x1 convolution of the
+        previous, same and next frame stacked along the channels (frames beyond the clip are left out:
+        the Conv3d's zero padding), accumulated and rounded once as in the Conv3d. Only the output and one
+        frame's temporaries exist beside the input (the Conv3d path holds four full-size copies)."""
+        a, bias = self.temporal_alpha, self.temporal_conv.bias
+        k = self.temporal_conv.weight[:, :, :, 0, 0]  # [C_out, C_in, 3 taps: previous, same, next]
+        weights = {}
+        out = torch.empty_like(x)
+        for clip in range(b):
+            for i in range(t):
+                f = clip * t + i
+                lo, hi = (0 if i > 0 else 1), (3 if i < t - 1 else 2)  # the taps that see a frame of the clip
+                if (lo, hi) not in weights:
+                    weights[lo, hi] = k[:, :, lo:hi].permute(0, 2, 1).reshape(k.shape[0], -1, 1, 1)
+                taps = x[f - 1 + lo:f - 1 + hi].reshape(1, -1, *x.shape[2:])
+                res = F.conv2d(taps, weights[lo, hi], bias)
+                out[f:f + 1] = a * res + (1 - a) * x[f:f + 1]
+        return out
 
 
 class _SelfAttention(nn.Module):

@@ -22,6 +22,26 @@ from .mgld_unet import SpatialTemporalConv, Upsample, _Configured
 __all__ = ["MGLDVideoVAE", "Encoder", "VideoDecoder", "CFWFusion", "ResidualDenseBlock", "FusionResBlock"]
 
 
+def by_frame(fn, *xs: Tensor) -> Tensor:
+    """``fn(*xs)`` for a per-frame 2-D computation, one frame at a time into one output when autograd is
+    off: only one frame's intermediate tensors are alive at once (a ResnetBlock at 512 px holds about
+    four full-size tensors, 1.3 GiB in bf16 for a 5-frame segment). Frames are independent in ``fn``
+    (convolutions, GroupNorm per sample), so the result is the one-call result."""
+    n = xs[0].shape[0]
+    if torch.is_grad_enabled() or n == 1:
+        return fn(*xs)
+    first = fn(*(x[:1] for x in xs))
+    channels_last = first.dim() == 4 and not first.is_contiguous() and first.is_contiguous(
+        memory_format=torch.channels_last)
+    out = torch.empty((n, *first.shape[1:]), dtype=first.dtype, device=first.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    out[:1] = first
+    del first
+    for i in range(1, n):
+        out[i:i + 1] = fn(*(x[i:i + 1] for x in xs))
+    return out
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
 
@@ -109,7 +129,9 @@ class Encoder(nn.Module):
         self.norm_out = _norm(block_in)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, padding=1)
 
-    def forward(self, x: Tensor, return_features: bool = False):
+    def forward(self, x: Tensor, return_features: bool = False, features_only: bool = False):
+        """The latent moments (and the two CFW skip features with ``return_features``); ``features_only``
+        returns just the features, computing nothing past the deeper one."""
         h = self.conv_in(x)
         features = []
         for i, level in enumerate(self.down):
@@ -119,6 +141,8 @@ class Encoder(nn.Module):
                     h = level.attn[j](h)
             if i in (1, 2):
                 features.append(h)
+                if features_only and i == 2:
+                    return features
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
@@ -191,7 +215,7 @@ class VideoDecoder(nn.Module):
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in)
-        self.temporal_mixing = SpatialTemporalConv(block_in, num_frames)
+        self.temporal_mixing = SpatialTemporalConv(block_in, num_frames, by_frame=True)
         self.mid.attn_1 = AttnBlock(block_in)
         self.mid.block_2 = ResnetBlock(block_in)
         ups = []
@@ -206,7 +230,7 @@ class VideoDecoder(nn.Module):
             for _ in range(num_res_blocks + 1):
                 level.block.append(ResnetBlock(block_in, block_out))
                 block_in = block_out
-                level.temporal_mixing.append(SpatialTemporalConv(block_in, num_frames))
+                level.temporal_mixing.append(SpatialTemporalConv(block_in, num_frames, by_frame=True))
                 if res in attn_resolutions:
                     level.attn.append(AttnBlock(block_in))
             if i != 0:
@@ -222,17 +246,20 @@ class VideoDecoder(nn.Module):
         w = self.fusion_w if fusion_w is None else fusion_w
         h = self.temporal_mixing(self.mid.block_1(self.conv_in(z)), num_frames)
         h = self.mid.block_2(self.mid.attn_1(h))
+        # the 2-D parts run frame by frame without autograd (``by_frame``): at 512 px a 5-frame segment's
+        # temporaries were the peak of the whole MGLD run; the temporal convs do the same internally
         for i in reversed(range(len(self.up))):
             level = self.up[i]
             for j, block in enumerate(level.block):
-                h = level.temporal_mixing[j](block(h), num_frames)
+                h = level.temporal_mixing[j](by_frame(block, h), num_frames)
                 if len(level.attn):
-                    h = level.attn[j](h)
+                    h = by_frame(level.attn[j], h)
             if 0 < i < len(self.up) - 1:
-                h = getattr(self, f"fusion_layer_{i}")(enc_fea[i - 1], h, w)
+                fuse = getattr(self, f"fusion_layer_{i}")
+                h = by_frame(lambda e, d: fuse(e, d, w), enc_fea[i - 1], h)
             if i != 0:
-                h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+                h = by_frame(level.upsample, h)
+        return by_frame(lambda d: self.conv_out(F.silu(self.norm_out(d))), h)
 
 
 class MGLDVideoVAE(_Configured):
@@ -268,8 +295,12 @@ class MGLDVideoVAE(_Configured):
         return self.quant_conv(h), feats
 
     def encode_features(self, x: Tensor) -> list[Tensor]:
-        """Only the CFW skip features of ``x`` (what the decoder needs besides the latents)."""
-        return self.encode(x)[1]
+        """Only the CFW skip features of ``x`` (what the decoder needs besides the latents), frame by frame
+        without autograd (the encoder is 2-D), nothing computed past the deeper feature."""
+        if torch.is_grad_enabled() or x.shape[0] == 1:
+            return self.encoder(x, features_only=True)
+        per_frame = [self.encoder(x[i:i + 1], features_only=True) for i in range(x.shape[0])]
+        return [torch.cat(level) for level in zip(*per_frame)]
 
     def decode(self, z: Tensor, enc_fea: Sequence[Tensor], fusion_w: float | None = None,
                num_frames: int | None = None) -> Tensor:

@@ -3,7 +3,13 @@
 SATeCo's first stage is a transformer video upscaler (two TMSA blocks from VRT + PixelShuffle x4,
 SATeCo §3, "video upscaler"). This is a small member of that family sized for a 2-core CPU:
 
-1. ``conv_in``: per-frame features (``channels``) of every low-resolution frame, computed once per frame.
+0. ``align`` (config, ``"dis"``): every neighbour of a centre frame is first moved onto the centre
+   frame's grid by the whole-pixel part of the optical flow centre -> neighbour from OpenCV's DIS
+   (weight-free, on the CPU), and the sub-pixel remainder goes with it as two input channels, so the
+   window below looks at the same scene point in every frame however far the camera moved, and knows
+   at which sub-pixel phase each frame sampled it. ``"none"`` (files trained before alignment) leaves
+   the frames as they are.
+1. ``conv_in``: per-frame features (``channels``) of every frame of a centre's (aligned) window.
 2. ``attn`` (:class:`TemporalWindowAttention`): for every pixel of the centre frame, attention over a
    ``window x window`` neighbourhood in each of the ``2*radius + 1`` frames of its temporal window
    (VRT's windowed self-attention across frames, with the window shrunk to one query pixel and a
@@ -14,7 +20,9 @@ SATeCo §3, "video upscaler"). This is a small member of that family sized for a
    bicubic upscale of the centre frame (the network learns the residual).
 
 The temporal receptive field is exactly ``radius`` frames each way, so a long video can be processed in
-chunks that carry ``radius`` frames of context on each side and give the same result as one pass.
+chunks that carry ``radius`` frames of context on each side and give the same result as one pass. The
+flows are computed on whole frames before any spatial tiling (:meth:`VideoUpscaler.align_windows`), and
+the network after them is local (:attr:`VideoUpscaler.receptive_radius`), so tiles are exact too.
 """
 from __future__ import annotations
 
@@ -26,7 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["VideoUpscalerConfig", "VideoUpscaler", "TemporalWindowAttention"]
+__all__ = ["VideoUpscalerConfig", "VideoUpscaler", "TemporalWindowAttention", "ALIGN_MODES"]
+
+ALIGN_MODES = ("none", "dis")
 
 
 @dataclass
@@ -38,7 +48,13 @@ class VideoUpscalerConfig:
     window: int = 3
     num_blocks: int = 8
     scales: tuple[int, ...] = (2, 4)
+    align: str = "none"  # "none" | "dis": warp neighbours onto the centre frame with DIS flow first
+    flow_preset: str = "medium"  # the DIS preset the weights were trained with
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.align not in ALIGN_MODES:
+            raise ValueError(f"VideoUpscaler align must be one of {ALIGN_MODES}, got {self.align!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VideoUpscalerConfig":
@@ -144,7 +160,7 @@ class VideoUpscaler(nn.Module):
         super().__init__()
         self.config = config = config or VideoUpscalerConfig()
         c = config.channels
-        self.conv_in = nn.Conv2d(3, c, 3, padding=1)
+        self.conv_in = nn.Conv2d(self.in_channels, c, 3, padding=1)
         self.attn = TemporalWindowAttention(c, config.attn_channels, config.heads, config.radius, config.window)
         self.fuse = nn.Conv2d(2 * c, c, 1)
         self.body = nn.Sequential(*[ResBlock(c) for _ in range(config.num_blocks)])
@@ -166,6 +182,66 @@ class VideoUpscaler(nn.Module):
         reassemble exactly."""
         return 1 + self.config.window // 2 + 2 * self.config.num_blocks + 1 + 1 + 2
 
+    def _flow_engine(self):
+        if getattr(self, "_dis", None) is None:
+            from ..flow import DISEngine
+
+            self._dis = DISEngine(self.config.flow_preset)
+        return self._dis
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of one frame of an aligned window: RGB, plus the sub-pixel phase (dx, dy) with DIS."""
+        return 5 if self.config.align == "dis" else 3
+
+    def align_windows(self, frames: Tensor) -> Tensor:
+        """``[B, N, 3, H, W]`` consecutive frames -> ``[B, N - 2r, 2r + 1, C, H, W]``: the window of every
+        centre frame (centre at index ``r``).
+
+        ``align="none"``: the frames as they are (``C = 3``). ``align="dis"`` (``C = 5``): with the flow
+        ``f`` centre -> neighbour (DIS on whole frames), each neighbour pixel is moved by the whole-pixel
+        part ``round(f)`` (its samples kept exactly, edges replicated) and the remainder ``f - round(f)``
+        (in [-0.5, 0.5], the sub-pixel phase of those samples) rides along as two more channels (zero for
+        the centre frame). Interpolating the neighbours instead would smooth away the aliasing that
+        carries the detail each frame sees differently; this way the network gets the samples and where
+        they sit.
+        """
+        r = self.radius
+        b, n = frames.shape[:2]
+        if n <= 2 * r:
+            raise ValueError(f"need more than {2 * r} frames for a temporal window of radius {r}, got {n}")
+        windows = frames.unfold(1, 2 * r + 1, 1).permute(0, 1, 5, 2, 3, 4)  # [B, N - 2r, 2r + 1, 3, H, W]
+        if self.config.align == "none":
+            return windows
+        from ..flow.warp import warp
+
+        h, w = frames.shape[-2:]
+        out = frames.new_zeros(b, n - 2 * r, 2 * r + 1, 5, h, w)
+        out[:, :, :, :3] = windows
+        centres = frames[:, r:n - r].flatten(0, 1)
+        engine = self._flow_engine()
+        for j in (*range(r), *range(r + 1, 2 * r + 1)):
+            neighbour = windows[:, :, j].flatten(0, 1)
+            flow = engine(centres.float(), neighbour.float()).to(frames.device, frames.dtype)
+            whole = flow.round()
+            moved = warp(neighbour, whole, mode="nearest", padding_mode="border", align_corners=False)
+            out[:, :, j, :3] = moved.unflatten(0, (b, n - 2 * r))
+            out[:, :, j, 3:] = (flow - whole).unflatten(0, (b, n - 2 * r))
+        return out
+
+    def upscale_windows(self, windows: Tensor, scale: int = 4) -> Tensor:
+        """``[M, 2r + 1, C, H, W]`` (aligned) windows -> ``[M, 3, sH, sW]``: the network after alignment.
+        Local: an output pixel depends on LR pixels within :attr:`receptive_radius` of it."""
+        if f"x{scale}" not in self.heads:
+            raise ValueError(f"this upscaler has no x{scale} head (it has {list(self.config.scales)})")
+        r = self.radius
+        m, k = windows.shape[:2]
+        feat = F.leaky_relu(self.conv_in(windows.flatten(0, 1)), 0.1).unflatten(0, (m, k))
+        x = self.fuse(torch.cat([feat[:, r], self.attn(feat)[:, 0]], 1))
+        x = x + self.body_out(self.body(x))
+        base = F.interpolate(windows[:, r, :3], scale_factor=scale, mode="bicubic", align_corners=False)
+        return base + self.heads[f"x{scale}"](x)
+
     def forward(self, frames: Tensor, scale: int = 4) -> Tensor:
         """``frames``: ``[B, N, 3, H, W]`` (or ``[N, 3, H, W]``) -> ``[B, N - 2r, 3, sH, sW]`` (or unbatched)."""
         if f"x{scale}" not in self.heads:
@@ -173,13 +249,7 @@ class VideoUpscaler(nn.Module):
         unbatched = frames.dim() == 4
         if unbatched:
             frames = frames.unsqueeze(0)
-        r = self.radius
-        b, n = frames.shape[:2]
-        feat = F.leaky_relu(self.conv_in(frames.flatten(0, 1)), 0.1).unflatten(0, (b, n))
-        centre = feat[:, r:n - r].flatten(0, 1)
-        x = self.fuse(torch.cat([centre, self.attn(feat).flatten(0, 1)], 1))
-        x = x + self.body_out(self.body(x))
-        lr = frames[:, r:n - r].flatten(0, 1)
-        base = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-        out = (base + self.heads[f"x{scale}"](x)).unflatten(0, (b, n - 2 * r))
+        windows = self.align_windows(frames)
+        b, m = windows.shape[:2]
+        out = self.upscale_windows(windows.flatten(0, 1), scale).unflatten(0, (b, m))
         return out[0] if unbatched else out

@@ -16,7 +16,8 @@ N-1-k) and a ``MotionGuidance`` hook. Two temporal layouts:
 
 * ``segment_mode="official"``: non-overlapping segments of ``segment`` frames (the clip padded by
   repeating its last frame), each sampled on its own with the same seed (the script calls
-  ``seed_everything(42)`` for every segment), no exchange between segments.
+  ``seed_everything(42)`` for every segment, then draws the LR posterior sample, x_T's noise and the
+  step noise from that one stream, in that order; so does ``sample_mgld``), no exchange between segments.
 * ``segment_mode="overlap"`` (ours): windows of ``segment`` frames overlapping by ``segment_overlap``
   frames denoised in lockstep; each step the windows' ε̂ are cross-faded (raised cosine) into one
   clip-wide prediction, one ancestral step is taken on the whole clip and the motion guidance acts on
@@ -56,6 +57,8 @@ __all__ = [
     "prepare_mgld_input",
     "MGLDInput",
     "encode_lr",
+    "encode_lr_posterior",
+    "LatentPosterior",
     "sample_mgld_latents",
     "sample_mgld",
     "decode_mgld",
@@ -330,12 +333,21 @@ def prepare_mgld_input(lr: Tensor, upscale: int = 4, min_side: int = MGLD_MIN_SI
     return MGLDInput(x, size, s, (int(h * upscale), int(w * upscale)))
 
 
-def encode_lr(model, x_up: Tensor, generator: torch.Generator | None = None, chunk: int = MGLD_SEGMENT) -> Tensor:
-    """``0.18215 · VAE.encode(x_up).sample()`` (the script's random posterior sample), ``[T, 4, H/8, W/8]``
-    float32 on the CPU. ``generator`` draws the posterior noise (CPU); None takes the mode."""
-    vae = model.vae
-    out = []
+@dataclass
+class LatentPosterior:
+    """The scaled LR latent as the VAE's posterior: ``mean`` and ``std`` ``[T, 4, h, w]`` (both times the
+    VAE's scaling factor). :func:`sample_mgld_latents` draws ``mean + std · ε`` from each segment's own
+    noise stream, before that segment's x_T noise, in the script's order."""
+
+    mean: Tensor
+    std: Tensor
+
+
+def encode_lr_posterior(model, x_up: Tensor, chunk: int = MGLD_SEGMENT) -> LatentPosterior:
+    """The VAE posterior of ``x_up`` (scaled, float32, CPU), encoded ``chunk`` frames at a time."""
+    means, stds = [], []
     with torch.no_grad(), model.on_device("vae"):
+        vae = model.vae
         dev = next(vae.parameters()).device
         dt = next(vae.parameters()).dtype
         for s in range(0, x_up.shape[0], chunk):
@@ -343,13 +355,19 @@ def encode_lr(model, x_up: Tensor, generator: torch.Generator | None = None, chu
             post = getattr(post, "latent_dist", post)
             if isinstance(post, tuple):
                 post = post[0]
-            mean, std = post.mean.float(), post.std.float()
-            if generator is None:
-                z = mean
-            else:
-                z = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
-            out.append(z.cpu() * model.scaling_factor)
-    return torch.cat(out)
+            means.append(post.mean.float().cpu() * model.scaling_factor)
+            stds.append(post.std.float().cpu() * model.scaling_factor)
+    return LatentPosterior(torch.cat(means), torch.cat(stds))
+
+
+def encode_lr(model, x_up: Tensor, generator: torch.Generator | None = None, chunk: int = MGLD_SEGMENT) -> Tensor:
+    """``0.18215 · VAE.encode(x_up).sample()``, ``[T, 4, H/8, W/8]`` float32 on the CPU: one posterior
+    sample for the whole clip, its noise drawn from ``generator`` (CPU); None takes the mode.
+    (:func:`sample_mgld` itself hands the sampler the posterior, which draws per segment.)"""
+    post = encode_lr_posterior(model, x_up, chunk)
+    if generator is None:
+        return post.mean
+    return post.mean + post.std * torch.randn(post.mean.shape, generator=generator)
 
 
 # ---- the sampler ----------------------------------------------------------------------------------
@@ -404,8 +422,10 @@ def sample_mgld_latents(
 ) -> Tensor:
     """Sample MGLD latents for a clip from its LR latents.
 
-    z_lr: ``[T, 4, h, w]`` scaled LR latents (``encode_lr``). flow: the clip's ``VideoFlow`` (any grid;
-    resized to ``(h, w)`` with MGLD occlusion masks), None or ``guidance_scale=0`` for no guidance.
+    z_lr: ``[T, 4, h, w]`` scaled LR latents (``encode_lr``), or their ``LatentPosterior``
+    (``encode_lr_posterior``), sampled per segment from the segment's stream before x_T.
+    flow: the clip's ``VideoFlow`` (any grid; resized to ``(h, w)`` with MGLD occlusion masks), None or
+    ``guidance_scale=0`` for no guidance.
     segment / segment_mode / segment_overlap: see the module doc (the denoiser always sees windows of
     ``segment`` frames; shorter clips are padded by repeating the last frame).
     tile / tile_overlap / tile_batch: latent canvas tiles (``tile=0``: whole frame; see ``canvas_eps``).
@@ -418,6 +438,9 @@ def sample_mgld_latents(
     """
     if segment_mode not in SEGMENT_MODES:
         raise ValueError(f"segment_mode must be one of {SEGMENT_MODES}, got {segment_mode!r}")
+    posterior = z_lr if isinstance(z_lr, LatentPosterior) else None
+    if posterior is not None:
+        z_lr = posterior.mean
     if z_lr.dim() != 4:
         raise ValueError(f"z_lr must be [T, 4, h, w], got {tuple(z_lr.shape)}")
     if segment < 1:
@@ -444,6 +467,7 @@ def sample_mgld_latents(
         windows = plan_windows(t_total, segment, segment_overlap, layout="snap")
 
     z_all = pad_frames(z_lr.float(), total_frames)
+    std_all = None if posterior is None else pad_frames(posterior.std.float(), total_frames)
     xt_all = None if x_T_noise is None else pad_frames(x_T_noise.float(), total_frames)
     n_steps = len(sched)
     done = [0]
@@ -451,7 +475,10 @@ def sample_mgld_latents(
     outs = []
     for s, e in spans:
         gen = seeded_noise(seed)
-        z = z_all[s:e].to(dev)
+        z = z_all[s:e]
+        if std_all is not None:  # the script: seed, posterior sample, x_T noise, step noise, per segment
+            z = z + std_all[s:e] * gen(-2, tuple(z.shape))
+        z = z.to(dev)
         eps0 = xt_all[s:e] if xt_all is not None else gen(-1, tuple(z.shape))
         eps0 = eps0.to(dev)
         gen_noise = gen if noise is None else _noise_from(noise, seed)
@@ -506,8 +533,9 @@ def sample_mgld(
 ) -> Tensor:
     """MGLD latents ``[T, 4, Hp/8, Wp/8]`` (float32, CPU) for LR frames ``[T, 3, h, w]`` in [0, 1].
 
-    The frames are upsampled/padded (``prepare_mgld_input``) and encoded with a posterior sample drawn
-    from ``seed`` (``encode_lr``), unless ``init_latent`` (the scaled LR latent) is given — parity tests
+    The frames are upsampled/padded (``prepare_mgld_input``) and encoded (``encode_lr_posterior``); each
+    segment draws its posterior sample, x_T's noise and its step noise from one stream seeded with ``seed``,
+    as the script does, unless ``init_latent`` (the scaled LR latent) is given — parity tests
     pass the recorded one, with ``x_T_noise`` and the step ``noise``. The rest is
     ``sample_mgld_latents`` with the model's denoiser (``context``: the text embedding, default the
     model's empty-prompt one); decode with ``decode_mgld``.
@@ -519,7 +547,7 @@ def sample_mgld(
         if lr_frames is None:
             raise ValueError("give lr_frames or init_latent")
         prep = prepare_mgld_input(lr_frames, upscale, min_side)
-        z_lr = encode_lr(model, prep.x_up, torch.Generator("cpu").manual_seed(int(seed)))
+        z_lr = encode_lr_posterior(model, prep.x_up)
     else:
         z_lr = init_latent.float()
     # the UNet always sees `segment` frames: official segments and clips shorter than one segment are

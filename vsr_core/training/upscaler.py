@@ -43,6 +43,9 @@ class TrainConfig:
     blocks: int = 6
     radius: int = 2
     window: int = 3
+    align: str = "none"  # the shipped weights; "dis" (DIS-aligned neighbours + sub-pixel phase) is being trained
+    flow_preset: str = "medium"
+    init: str = ""  # start from these weights (same architecture) instead of random ones
     fetch: bool = True
     threads: int = 0
     eval_frames: int = 16
@@ -54,7 +57,7 @@ class TrainConfig:
     def model_config(self) -> VideoUpscalerConfig:
         return VideoUpscalerConfig(channels=self.channels, num_blocks=self.blocks, radius=self.radius,
                                    window=self.window, attn_channels=max(8, self.channels // 2),
-                                   heads=2, scales=(2, 4))
+                                   heads=2, scales=(2, 4), align=self.align, flow_preset=self.flow_preset)
 
 
 def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -93,11 +96,45 @@ def export_file(path: Path, write, on_exists: str = "error") -> Path:
 
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
     keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "channels",
-            "blocks", "radius", "window")
+            "blocks", "radius", "window", "align", "flow_preset", "init")
     diff = {k: (saved["config"].get(k), getattr(cfg, k)) for k in keep if saved["config"].get(k) != getattr(cfg, k)}
     if diff:
         raise ValueError(f"the checkpoint in the work directory was made with other settings {diff}: use the same "
                          "settings to resume, or another --workdir (or --restart) to start over")
+
+
+def _initialise(model: VideoUpscaler, path: str) -> dict:
+    """Copy the weights of ``path`` into ``model``; returns that file's own training recipe, which the new
+    file carries as ``init_recipe``.
+
+    The architecture must match except for the alignment setting and the number of residual blocks: a
+    deeper ``model`` gets the file's blocks first and its extra blocks start as the identity (their second
+    convolution zeroed), and a file without alignment gives the phase inputs of ``align="dis"`` zero
+    weights, so training starts from the file's function (on the aligned frames)."""
+    from ..loaders.video_upscaler import load_video_upscaler, read_metadata
+
+    source = load_video_upscaler(path)
+    mine, theirs = model.config.to_dict(), source.config.to_dict()
+    free = ("align", "flow_preset", "num_blocks")
+    differ = {k: (theirs[k], mine[k]) for k in mine
+              if (mine[k] != theirs[k] and k not in free) or (k == "num_blocks" and mine[k] < theirs[k])}
+    if differ:
+        raise ValueError(f"--init {path}: its architecture differs from this run's {differ}; give the same "
+                         "--channels/--radius/--window and at least as many --blocks, or start from random weights")
+    with torch.no_grad():
+        for block in model.body[theirs["num_blocks"]:]:
+            block.conv2.weight.zero_()
+            block.conv2.bias.zero_()
+    state = source.state_dict()
+    w = state["conv_in.weight"]
+    if w.shape[1] < model.in_channels:  # a file without alignment: the phase channels start at zero
+        state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], model.in_channels - w.shape[1],
+                                                            *w.shape[2:])], 1)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("body.") for k in missing):
+        raise ValueError(f"--init {path}: keys do not fit (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    recipe = read_metadata(path).get("vsr_training")
+    return json.loads(recipe) if recipe else {"note": f"{Path(path).name} carries no training recipe"}
 
 
 def evaluate(model: VideoUpscaler, images: dict, scales=(4, 2), num_frames: int = 16) -> dict:
@@ -137,6 +174,7 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
 
     torch.manual_seed(cfg.seed)
     model = VideoUpscaler(cfg.model_config())
+    init_recipe = _initialise(model, cfg.init) if cfg.init else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     ckpt_path = workdir / "checkpoint.pt"
     step, losses = 0, []
@@ -186,6 +224,8 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
 
     report = {"steps": step, "train_seconds_this_run": round(time.time() - t0, 1),
               "train_images": train_names, "heldout_images": held_names, "config": asdict(cfg)}
+    if init_recipe is not None:
+        report["init_recipe"] = init_recipe
     if held_images:
         with torch.no_grad():
             report["heldout_y_psnr"] = evaluate(model, held_images, num_frames=cfg.eval_frames)
@@ -227,6 +267,11 @@ def add_arguments(p) -> None:
     p.add_argument("--blocks", type=int, default=d.blocks)
     p.add_argument("--radius", type=int, default=d.radius, help="neighbour frames each side (window 2r+1)")
     p.add_argument("--window", type=int, default=d.window, help="attention neighbourhood side (odd)")
+    p.add_argument("--align", default=d.align, choices=("dis", "none"),
+                   help="dis: move the neighbours onto the centre frame by the whole-pixel DIS flow and hand the "
+                        "sub-pixel remainder to the network; none: leave them (the shipped weights)")
+    p.add_argument("--flow-preset", dest="flow_preset", default=d.flow_preset, choices=("ultrafast", "fast", "medium"))
+    p.add_argument("--init", default=d.init, help="start from these learned-upscaler weights (same architecture)")
     p.add_argument("--no-fetch", dest="fetch", action="store_false", help="never download the photographs")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
     p.add_argument("--eval-frames", dest="eval_frames", type=int, default=d.eval_frames)
