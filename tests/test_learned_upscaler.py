@@ -360,6 +360,9 @@ def test_training_can_start_from_a_file_and_grow_its_trunk(tmp_path):
     for bad in ({"channels": 12, "attn_channels": 6}, {"num_blocks": 0}):
         with pytest.raises(ValueError, match="architecture differs"):
             _initialise(VideoUpscaler(VideoUpscalerConfig(**{**TINY.__dict__, **bad})), str(path))
+    aligned_file = save_video_upscaler(aligned, tmp_path / "v2.safetensors")
+    with pytest.raises(ValueError, match="trained with --align dis"):
+        _initialise(VideoUpscaler(TINY), str(aligned_file))
 
 
 def test_window_sampler_centre_is_the_truth_of_its_low_res_frame():

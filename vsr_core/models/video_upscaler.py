@@ -48,7 +48,7 @@ class VideoUpscalerConfig:
     window: int = 3
     num_blocks: int = 8
     scales: tuple[int, ...] = (2, 4)
-    align: str = "none"  # "none" | "dis": warp neighbours onto the centre frame with DIS flow first
+    align: str = "none"  # "dis": neighbours moved by the whole-pixel DIS flow, the sub-pixel phase as input
     flow_preset: str = "medium"  # the DIS preset the weights were trained with
     extra: dict = field(default_factory=dict)
 
@@ -222,7 +222,7 @@ class VideoUpscaler(nn.Module):
         engine = self._flow_engine()
         for j in (*range(r), *range(r + 1, 2 * r + 1)):
             neighbour = windows[:, :, j].flatten(0, 1)
-            flow = engine(centres.float(), neighbour.float()).to(frames.device, frames.dtype)
+            flow = engine(centres.float(), neighbour.float()).to(frames.device)  # float32: phases of long moves
             whole = flow.round()
             moved = warp(neighbour, whole, mode="nearest", padding_mode="border", align_corners=False)
             out[:, :, j, :3] = moved.unflatten(0, (b, n - 2 * r))

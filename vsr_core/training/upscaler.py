@@ -43,7 +43,7 @@ class TrainConfig:
     blocks: int = 6
     radius: int = 2
     window: int = 3
-    align: str = "none"  # the shipped weights; "dis" (DIS-aligned neighbours + sub-pixel phase) is being trained
+    align: str = "none"  # stage 1 of the shipped recipe; stage 2 is "dis" (aligned neighbours + sub-pixel phase)
     flow_preset: str = "medium"
     init: str = ""  # start from these weights (same architecture) instead of random ones
     fetch: bool = True
@@ -127,6 +127,9 @@ def _initialise(model: VideoUpscaler, path: str) -> dict:
             block.conv2.bias.zero_()
     state = source.state_dict()
     w = state["conv_in.weight"]
+    if w.shape[1] > model.in_channels:
+        raise ValueError(f"--init {path}: it was trained with --align {source.config.align}, which this run leaves "
+                         "out; give --align the same value")
     if w.shape[1] < model.in_channels:  # a file without alignment: the phase channels start at zero
         state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], model.in_channels - w.shape[1],
                                                             *w.shape[2:])], 1)
