@@ -181,7 +181,16 @@ def test_offload_equality_on_cuda():
     assert torch.equal(a, d)
     cpu = tiny_stablevsr()
     ref = sample_stablevsr(cpu, frame_lr(), distinct_flows(), PROMPT, steps=3, seed=5)
-    assert (a - ref).abs().max() < 1e-3  # the seed reproduces across devices (up to kernel rounding)
+    # the seed reproduces across devices, up to kernel rounding: cuDNN's default TF32 convolutions round
+    # to 10 mantissa bits (measured on an H200: 1.3e-3 after 3 steps); in full fp32 the gap is far smaller
+    assert (a - ref).abs().max() < 1e-2
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        full = sample_stablevsr(model, frame_lr(), distinct_flows(), PROMPT, steps=3, seed=5)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert (full - ref).abs().max() < 1e-4
 
 
 def test_progress_per_frame_per_step_and_interrupt_releases_tensors():

@@ -184,3 +184,43 @@ def test_missing_and_mismatching_files_are_named(folder, tmp_path):
         load_uav_model(copy, text_encoder=False)
     with pytest.raises(DiffusionWeightsError, match="not a folder"):
         load_uav_model(tmp_path / "nowhere")
+
+
+def test_text_keys_and_values_projected_once_per_clip_match_diffusers_on_the_repeated_context():
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    from vsr_core.models.uav_unet import clip_cross_attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, cross_attention_dim=24, heads=2, dim_head=16, bias=False).eval()
+    x, ctx, frames = torch.randn(2 * 3, 10, 32), torch.randn(2, 7, 24), 3
+    calls = []
+    attn.to_k.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        ours = clip_cross_attention(attn, x, ctx, frames)
+        assert calls == [2]  # keys projected for the 2 clips, not the 6 frames
+        ref = attn(x, encoder_hidden_states=ctx.repeat_interleave(frames, dim=0))
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+        # the clips stay apart: frames of clip 1 see clip 1's context only
+        solo = clip_cross_attention(attn, x[3:], ctx[1:], frames)
+        torch.testing.assert_close(ours[3:], solo, rtol=1e-5, atol=1e-6)
+        # another processor (a user's, or a patched one) gets diffusers' own call on the repeated context
+        attn.set_processor(AttnProcessor())
+        calls.clear()
+        torch.testing.assert_close(clip_cross_attention(attn, x, ctx, frames), ref, rtol=1e-5, atol=1e-6)
+        assert calls == [6]
+        with pytest.raises(ValueError, match="frame batches"):
+            clip_cross_attention(attn, x[:5], ctx, frames)
+
+
+def test_feed_forward_by_rows_equals_all_rows_at_once():
+    from vsr_core.models.uav_unet import by_rows
+
+    torch.manual_seed(0)
+    ff = torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.Linear(8, 12), torch.nn.GELU())
+    x = torch.randn(5, 7, 8)  # 35 tokens
+    seen = []
+    with torch.no_grad():
+        out = by_rows(lambda r: (seen.append(r.shape[0]), ff(r))[1], x, rows=16)
+        torch.testing.assert_close(out, ff(x))
+    assert out.shape == (5, 7, 12) and seen == [16, 16, 3]

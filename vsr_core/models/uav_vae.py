@@ -26,7 +26,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Upsample2D
 from torch import Tensor, nn
 
-from .uav_unet import InflatedConv, VideoResnet, to_frames, to_video
+from .uav_unet import InflatedConv, VideoResnet, scaled_sum, to_frames, to_video
 
 __all__ = ["AutoencoderKLVideo", "VideoResnetPlus", "SFTFuse", "VideoDecoder"]
 
@@ -48,7 +48,7 @@ class VideoResnetPlus(VideoResnet):
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:  # noqa: D102
         out = super().forward(x, temb)
-        return (out + self.conv_3d(self.nonlinearity(self.norm_3d(out)))) / self.output_scale_factor
+        return scaled_sum(out, self.conv_3d(self.nonlinearity(self.norm_3d(out))), self.output_scale_factor)
 
 
 class SFTFuse(nn.Module):
