@@ -43,7 +43,7 @@ class TrainConfig:
     blocks: int = 6
     radius: int = 2
     window: int = 3
-    align: str = "none"  # stage 1 of the shipped recipe; stage 2 is "dis" (aligned neighbours + sub-pixel phase)
+    align: str = "none"  # stage 1 of the shipped recipe; stages 2-4 are "dis" (aligned neighbours + sub-pixel phase)
     flow_preset: str = "medium"
     init: str = ""  # start from these weights (same architecture) instead of random ones
     fetch: bool = True
