@@ -209,6 +209,8 @@ def test_text_keys_and_values_projected_once_per_clip_match_diffusers_on_the_rep
         calls.clear()
         torch.testing.assert_close(clip_cross_attention(attn, x, ctx, frames), ref, rtol=1e-5, atol=1e-6)
         assert calls == [6]
+        square = Attention(32, heads=2, dim_head=16, bias=False).eval()  # no context: diffusers' self-attention
+        torch.testing.assert_close(clip_cross_attention(square, x, None, frames), square(x))
         with pytest.raises(ValueError, match="frame batches"):
             clip_cross_attention(attn, x[:5], ctx, frames)
 

@@ -237,7 +237,10 @@ def clip_cross_attention(attn: Attention, x: Tensor, context: Tensor, frames: in
     """diffusers ``Attention`` (SDPA, no mask) from the tokens of every frame, x [(B T), P, C], to the
     context of its clip, [B, N, D]. The keys and values are projected once per clip instead of once per
     frame (the x4 UNet's text context is the same for all T frames: 1/T of the projections). Any other
-    layout of the layer (norms, a custom processor) takes diffusers' own path on the repeated context."""
+    layout of the layer (norms, a custom processor) takes diffusers' own path on the repeated context.
+    context None: the layer attends to x itself (diffusers' behaviour without encoder states)."""
+    if context is None:
+        return attn(x)
     b = context.shape[0]
     if x.shape[0] != b * frames:
         raise ValueError(f"{x.shape[0]} frame batches for {b} context(s) of {frames} frames")
