@@ -40,6 +40,7 @@ __all__ = [
     "tile_weights",
     "TileMerger",
     "tiled_apply",
+    "in_slices",
 ]
 
 TILE_MODES = ("hard", "uniform", "gaussian", "hann")
@@ -384,3 +385,22 @@ def tiled_apply(
         if progress is not None:
             progress(k + 1, len(tiles))
     return merger.result()
+
+
+def in_slices(fn: Callable[..., Tensor], *xs: Tensor, size: int = 1) -> Tensor:
+    """``fn(*xs)`` for an ``fn`` that treats each index of dim 0 on its own, computed ``size`` indices at a
+    time into one output (channels-last kept): only one slice's intermediate tensors are alive at once,
+    and they stay in cache. The result is the one-call result."""
+    n = xs[0].shape[0]
+    if n <= size:
+        return fn(*xs)
+    first = fn(*(x[:size] for x in xs))
+    channels_last = first.dim() == 4 and not first.is_contiguous() and first.is_contiguous(
+        memory_format=torch.channels_last)
+    out = torch.empty((n, *first.shape[1:]), dtype=first.dtype, device=first.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    out[:size] = first
+    del first
+    for s in range(size, n, size):
+        out[s:s + size] = fn(*(x[s:s + size] for x in xs))
+    return out

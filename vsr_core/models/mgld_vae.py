@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tiling import in_slices
 from .mgld_unet import SpatialTemporalConv, Upsample, _Configured
 
 __all__ = ["MGLDVideoVAE", "Encoder", "VideoDecoder", "CFWFusion", "ResidualDenseBlock", "FusionResBlock"]
@@ -24,22 +25,10 @@ __all__ = ["MGLDVideoVAE", "Encoder", "VideoDecoder", "CFWFusion", "ResidualDens
 
 def by_frame(fn, *xs: Tensor) -> Tensor:
     """``fn(*xs)`` for a per-frame 2-D computation, one frame at a time into one output when autograd is
-    off: only one frame's intermediate tensors are alive at once (a ResnetBlock at 512 px holds about
-    four full-size tensors, 1.3 GiB in bf16 for a 5-frame segment). Frames are independent in ``fn``
-    (convolutions, GroupNorm per sample), so the result is the one-call result."""
-    n = xs[0].shape[0]
-    if torch.is_grad_enabled() or n == 1:
-        return fn(*xs)
-    first = fn(*(x[:1] for x in xs))
-    channels_last = first.dim() == 4 and not first.is_contiguous() and first.is_contiguous(
-        memory_format=torch.channels_last)
-    out = torch.empty((n, *first.shape[1:]), dtype=first.dtype, device=first.device,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    out[:1] = first
-    del first
-    for i in range(1, n):
-        out[i:i + 1] = fn(*(x[i:i + 1] for x in xs))
-    return out
+    off (``in_slices``): only one frame's intermediate tensors are alive at once (a ResnetBlock at 512 px
+    holds about four full-size tensors, 1.3 GiB in bf16 for a 5-frame segment). Frames are independent in
+    ``fn`` (convolutions, GroupNorm per sample), so the result is the one-call result."""
+    return fn(*xs) if torch.is_grad_enabled() else in_slices(fn, *xs, size=1)
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -30,6 +30,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import Tensor, nn
 
+from ..tiling import in_slices
+
 __all__ = [
     "UNetVideoModel",
     "InflatedConv",
@@ -221,16 +223,9 @@ ROW_CHUNK = 2048
 
 def by_rows(fn, x: Tensor, rows: int = ROW_CHUNK) -> Tensor:
     """``fn(x)`` for a function of each token alone (LayerNorm, feed-forward, residual), ``rows`` tokens at a
-    time. x [..., C]; the result has x's shape and fn's dtype."""
-    flat = x.reshape(-1, x.shape[-1])
-    if flat.shape[0] <= rows:
-        return fn(x)
-    first = fn(flat[:rows])
-    out = first.new_empty((flat.shape[0], first.shape[-1]))
-    out[:rows] = first
-    for s in range(rows, flat.shape[0], rows):
-        out[s:s + rows] = fn(flat[s:s + rows])
-    return out.reshape(*x.shape[:-1], first.shape[-1])
+    time (``in_slices``). x [..., C]; the result has x's shape but fn's last dimension and fn's dtype."""
+    out = in_slices(fn, x.reshape(-1, x.shape[-1]), size=rows)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def clip_cross_attention(attn: Attention, x: Tensor, context: Tensor, frames: int) -> Tensor:
