@@ -14,6 +14,8 @@ BI-degraded, see ``vsr_core/training/data.py``); the photographs are fetched onc
 file per clip, matched by name (the Vid4 and REDS4 layouts). Columns: PSNR/SSIM on RGB and on Y
 (BT.601), the warping error with the flow of the ground truth (DIS) next to the ground truth's own,
 and seconds per frame. The last table times each method on 320x180 frames x4 on this machine.
+``learned`` runs as users get it (precision "auto": bf16 on a CPU with native bf16); where that is not
+fp32, ``learned fp32`` (the same weights in fp32) is scored and timed beside it.
 """
 from __future__ import annotations
 
@@ -83,7 +85,9 @@ def method_fns(scale: int, weights: list[str], span: bool = False):
         from span_anchor import span_upscalers
 
         fns.update(span_upscalers(SPAN_CACHE, scale))
-    fns["learned"] = LearnedUpscaler(load_video_upscaler(), scale)
+    fns["learned"] = LearnedUpscaler(load_video_upscaler(), scale)  # precision "auto", as users get it
+    if fns["learned"].precision != "fp32":  # and the same weights in fp32, for the ratio in one process
+        fns["learned fp32"] = LearnedUpscaler(load_video_upscaler(), scale, precision="fp32")
     for w in weights:
         fns[f"learned:{Path(w).stem}"] = LearnedUpscaler(load_video_upscaler(w), scale)
     return fns
@@ -184,7 +188,7 @@ def main(argv=None) -> int:
         else:
             from vsr_core.training.data import HELDOUT_IMAGES, fetch_images, heldout_clips, load_images
 
-            images = load_images(fetch_images(args.images), list(HELDOUT_IMAGES))
+            images = load_images(fetch_images(args.images, list(HELDOUT_IMAGES)), list(HELDOUT_IMAGES))
             clips = heldout_clips(images, args.scale, args.frames)
         if args.h264 is not None:
             clips = [(name, hr, h264(lr, args.h264)) for name, hr, lr in clips]

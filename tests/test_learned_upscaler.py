@@ -135,20 +135,22 @@ def test_align_setting_is_checked_and_old_files_mean_none():
         VideoUpscalerConfig(align="raft")
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("align", ["none", "dis"])
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5])
-def test_chunked_equals_whole(chunk, align):
+def test_chunked_equals_whole(chunk, align, precision):
     m = _tiny(align=align)
     frames = torch.rand(9, 14, 18, 3) if align == "none" else _panned_texture(9, 1.5, 14, 18)
-    whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=9)
-    parts = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=chunk)
+    whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4, precision=precision), chunk=9)
+    parts = upscale_frames(frames, 4, LearnedUpscaler(m, 4, precision=precision), chunk=chunk)
     assert whole.shape == (9, 56, 72, 3)
     assert torch.allclose(whole, parts, atol=1e-6)
     # the first/last frames see repeated edge frames, exactly as if the clip had been padded
     padded = torch.cat([frames[:1].repeat(2, 1, 1, 1), frames, frames[-1:].repeat(2, 1, 1, 1)])
     with torch.no_grad():
         direct = m(padded.permute(0, 3, 1, 2), 4).clamp(0, 1).permute(0, 2, 3, 1)
-    assert torch.allclose(whole, direct, atol=1e-5)
+    # bf16 rounds the network's residual (not the bicubic base): a few 8-bit levels at most
+    assert torch.allclose(whole, direct, atol=1e-5 if precision == "fp32" else 3e-2)
 
 
 def test_short_clips_and_single_frames_work():
@@ -158,14 +160,37 @@ def test_short_clips_and_single_frames_work():
         assert out.shape == (t, 20, 20, 3)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("align", ["none", "dis"])
-def test_spatial_tiles_equal_one_pass(align):
+def test_spatial_tiles_equal_one_pass(align, precision):
     """The flows come from whole frames before tiling, so tiles stay exact with alignment too."""
     m = _tiny(num_blocks=2, align=align)
     frames = torch.rand(5, 70, 90, 3) if align == "none" else _panned_texture(5, 2.5, 70, 90)
-    whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4), chunk=5)
-    tiled = upscale_frames(frames, 4, LearnedUpscaler(m, 4, tile=32), chunk=5)
+    whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4, precision=precision), chunk=5)
+    tiled = upscale_frames(frames, 4, LearnedUpscaler(m, 4, tile=32, precision=precision), chunk=5)
     assert torch.allclose(whole, tiled, atol=1e-5)
+
+
+def test_precision_auto_follows_the_cpu_and_bf16_keeps_the_quality(monkeypatch):
+    from vsr_core.cli import DEMO_CLIP
+    from vsr_core.io import FrameSelection, load_video
+
+    m = _tiny()
+    for forced, want in (("1", "bf16"), ("0", "fp32")):  # what native_bf16_cpu() would say on such a CPU
+        monkeypatch.setenv("VSR_CPU_BF16", forced)
+        assert LearnedUpscaler(m, 4).precision == want
+    assert LearnedUpscaler(m, 4, "cuda").precision == "fp32"  # auto's bf16 is for CPUs only
+    assert LearnedUpscaler(m, 4, precision="bf16").autocast == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LearnedUpscaler(m, 4, precision="fp16")
+    # the shipped weights in bf16 score as in fp32 (a virtual-camera clip of the demo frame, x4 BI)
+    image = (load_video(DEMO_CLIP, FrameSelection(cap=1))[0][0].numpy() * 255).round().astype(np.uint8)
+    hr, lr = make_clip(image, num_frames=7, hr_hw=(160, 224), scale=4, motion="mixed", amplitude=0.5)
+    lr = (lr * 255).round() / 255
+    model = load_video_upscaler()
+    scores = {p: psnr(upscale_frames(lr, 4, LearnedUpscaler(model, 4, precision=p), chunk=7), hr, y_channel=True,
+                      crop=8).mean().item() for p in ("fp32", "bf16")}
+    assert abs(scores["bf16"] - scores["fp32"]) < 0.05, scores
 
 
 def test_receptive_radius_bounds_where_one_pixel_can_reach():
@@ -336,6 +361,32 @@ def test_training_script_trains_resumes_and_exports(tmp_path):
     assert torch.equal(a[0], (a[0] * 255).round() / 255)  # 8-bit like a real video
 
 
+def test_bf16_training_learns_and_is_part_of_the_resumable_settings(tmp_path):
+    import cv2
+
+    import vsr_core.training.upscaler as tr
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "tex0.png"), smooth_texture(160, 200, seed=0, octaves=6))
+    common = dict(images=str(images), workdir=str(tmp_path / "run"), batch=2, lr_patch=16, channels=8, blocks=1,
+                  warmup=1, save_every=2, fetch=False, eval_frames=5)
+    tr.train(tr.TrainConfig(steps=2, precision="bf16", **common), progress=False)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["config"]["precision"] == "bf16" and all(np.isfinite(saved["losses"]))
+    torch.manual_seed(0)  # the run's own start (seed 0): bf16 steps moved the fp32 weights
+    start = VideoUpscaler(tr.TrainConfig(**common).model_config())
+    assert saved["model"]["body.0.conv1.weight"].dtype == torch.float32
+    assert not torch.equal(saved["model"]["body.0.conv1.weight"], start.body[0].conv1.weight)
+    with pytest.raises(ValueError, match="precision"):  # resuming must keep the precision
+        tr.train(tr.TrainConfig(steps=2, precision="fp32", **common), progress=False)
+    # a checkpoint from before the setting existed resumes as fp32, its default
+    del saved["config"]["precision"]
+    torch.save(saved, tmp_path / "run" / "checkpoint.pt")
+    report = tr.train(tr.TrainConfig(steps=2, **common), progress=False, on_exists="replace")
+    assert report["steps"] == 2 and report["config"]["precision"] == "fp32"
+
+
 def test_training_can_start_from_a_file_and_grow_its_trunk(tmp_path):
     """--init: the run starts from exactly the file's function (extra residual blocks start as the
     identity, alignment may be switched on), and carries that file's recipe; other shapes are refused."""
@@ -375,6 +426,64 @@ def test_window_sampler_centre_is_the_truth_of_its_low_res_frame():
     ref = bicubic_downscale(hr.permute(0, 2, 3, 1), 4).permute(0, 3, 1, 2)
     assert (lr[:, 2] - ref).abs().max() <= 0.5 / 255 + 1e-6
     assert (lr[:, 0] - lr[:, 2]).abs().mean() > 0  # neighbours are other views
+
+
+def _fake_wheels(cache: Path, face: np.ndarray) -> None:
+    """Wheels named and laid out like the real ones, holding made-up images (no network)."""
+    import bz2
+    import zipfile
+
+    from vsr_core.training.data import HELDOUT_IMAGES, TRAIN_IMAGES, WHEELS, image_source
+
+    cache.mkdir(parents=True)
+    by_wheel = {}
+    for name in list(TRAIN_IMAGES) + list(HELDOUT_IMAGES):
+        key, member = image_source(name)
+        by_wheel.setdefault(key, []).append((name, member))
+    for key, members in by_wheel.items():
+        project, version = WHEELS[key].split("==")
+        with zipfile.ZipFile(cache / f"{project.replace('-', '_')}-{version}-cp311-cp311-manylinux.whl", "w") as z:
+            for name, member in members:
+                z.writestr(member, bz2.compress(face.tobytes()) if member.endswith(".dat") else f"<{name}>")
+
+
+def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatch):
+    import subprocess
+
+    import cv2
+
+    from vsr_core.training import data
+
+    face = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    dest = tmp_path / "images"
+    _fake_wheels(dest / ".wheel", face)
+    (dest / "coffee.png").write_bytes(b"the user's own file")
+
+    def no_network(*a, **k):
+        raise AssertionError("the cached wheels must be used")
+
+    monkeypatch.setattr(subprocess, "run", no_network)
+    data.fetch_images(dest)
+    assert (dest / "coffee.png").read_bytes() == b"the user's own file"  # an existing file is kept
+    assert (dest / "china.jpg").read_bytes() == b"<china.jpg>"  # from scikit-learn's wheel
+    assert (dest / "chelsea.png").read_bytes() == b"<chelsea.png>"  # from scikit-image's
+    got = cv2.imread(str(dest / "face.png"), cv2.IMREAD_COLOR)[..., ::-1]  # scipy's raw RGB, as a lossless PNG
+    assert np.array_equal(got, face)
+    assert not [p for p in dest.iterdir() if "partial" in p.name]
+
+    # without a cached wheel, pip is asked for the pinned one; its failure names what to put where
+    calls = []
+
+    def failing(cmd, **k):
+        calls.append(cmd)
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    other = tmp_path / "other"
+    with pytest.raises(RuntimeError, match=r"scikit-image==0\.26\.0.*put the images .*astronaut\.png.* in "):
+        data.fetch_images(other, ["astronaut.png"])
+    assert calls and "download" in calls[0] and "--only-binary=:all:" in calls[0] and "install" not in calls[0]
+    assert not (other / "astronaut.png").exists()
 
 
 def test_image_credits_cover_every_photograph():

@@ -26,6 +26,7 @@ the network after them is local (:attr:`VideoUpscaler.receptive_radius`), so til
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -229,18 +230,25 @@ class VideoUpscaler(nn.Module):
             out[:, :, j, 3:] = (flow - whole).unflatten(0, (b, n - 2 * r))
         return out
 
-    def upscale_windows(self, windows: Tensor, scale: int = 4) -> Tensor:
+    def upscale_windows(self, windows: Tensor, scale: int = 4, autocast: torch.dtype | None = None) -> Tensor:
         """``[M, 2r + 1, C, H, W]`` (aligned) windows -> ``[M, 3, sH, sW]``: the network after alignment.
-        Local: an output pixel depends on LR pixels within :attr:`receptive_radius` of it."""
+        Local: an output pixel depends on LR pixels within :attr:`receptive_radius` of it.
+
+        ``autocast`` (e.g. ``torch.bfloat16``): the network runs under ``torch.autocast`` in that dtype,
+        while the bicubic base and the sum stay in the windows' dtype (the residual is small, so its
+        rounding is too). None leaves the caller's autocast state as it is."""
         if f"x{scale}" not in self.heads:
             raise ValueError(f"this upscaler has no x{scale} head (it has {list(self.config.scales)})")
         r = self.radius
         m, k = windows.shape[:2]
-        feat = F.leaky_relu(self.conv_in(windows.flatten(0, 1)), 0.1).unflatten(0, (m, k))
-        x = self.fuse(torch.cat([feat[:, r], self.attn(feat)[:, 0]], 1))
-        x = x + self.body_out(self.body(x))
+        region = torch.autocast(windows.device.type, autocast) if autocast is not None else contextlib.nullcontext()
+        with region:
+            feat = F.leaky_relu(self.conv_in(windows.flatten(0, 1)), 0.1).unflatten(0, (m, k))
+            x = self.fuse(torch.cat([feat[:, r], self.attn(feat)[:, 0]], 1))
+            x = x + self.body_out(self.body(x))
+            residual = self.heads[f"x{scale}"](x)
         base = F.interpolate(windows[:, r, :3], scale_factor=scale, mode="bicubic", align_corners=False)
-        return base + self.heads[f"x{scale}"](x)
+        return base + residual.to(base.dtype)
 
     def forward(self, frames: Tensor, scale: int = 4) -> Tensor:
         """``frames``: ``[B, N, 3, H, W]`` (or ``[N, 3, H, W]``) -> ``[B, N - 2r, 3, sH, sW]`` (or unbatched)."""

@@ -3,9 +3,12 @@
 Every clip is rendered from a still photograph by a moving camera (pan, zoom, small rotation), so the
 high-resolution truth of every frame is exact; the low-resolution input is its bicubic x1/s
 (``BI``, the standard VSR degradation), quantised to 8 bits like a real video, optionally with a
-real-world mix (blur, noise, JPEG). The photographs are the sample images of scikit-image's wheel, each
-with its own licence (below, from the docstrings of ``skimage/data/_fetchers.py``). Two of them are held
-out: training never renders them, and the quality table is computed on them.
+real-world mix (blur, noise, JPEG). The photographs are sample images carried by three PyPI wheels, each
+with its own licence (below): scikit-image's ``skimage/data`` (licences from the docstrings of
+``skimage/data/_fetchers.py``), scikit-learn's ``sklearn/datasets/images`` (its README.txt there) and
+scipy 1.9's ``misc/face.dat`` (the docstring of ``scipy.misc.face``). The wheels are downloaded, never
+installed; only those files are read. Two photographs are held out: training never renders them, and the
+quality table is computed on them.
 """
 from __future__ import annotations
 
@@ -23,9 +26,14 @@ import torch.nn.functional as F
 
 from ..synthetic import bicubic_downscale, camera_path, render_views
 
-SKIMAGE_WHEEL = "scikit-image==0.26.0"
+# pip requirement of each wheel the photographs come from. The wheels' data is the same on every platform,
+# so one fixed CPython 3.11 Linux build of each is downloaded, whatever the machine runs (scipy 1.9, the
+# last series whose wheel carries face.dat, has no wheel for newer Pythons).
+WHEELS = {"skimage": "scikit-image==0.26.0", "sklearn": "scikit-learn==1.7.2", "scipy": "scipy==1.9.3"}
+WHEEL_TAGS = ("--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+              "--platform", "manylinux2014_x86_64")
 
-# file in skimage/data -> (licence, credit). Colour photographs and greyscale textures/photographs.
+# file -> (licence, credit). Colour photographs and greyscale textures/photographs.
 TRAIN_IMAGES = {
     "astronaut.png": ("public domain", "NASA (Eileen Collins)"),
     "coffee.png": ("CC0", "Rachel Michetti"),
@@ -39,34 +47,89 @@ TRAIN_IMAGES = {
     "coins.png": ("no known copyright restrictions", "Brooklyn Museum Collection"),
     "cell.png": ("CC0", "Paul Müller (qpformat)"),
     "text.png": ("public domain", "Wikipedia (Corner.png)"),
+    "china.jpg": ("CC BY 2.0", "danielbuechele, Flickr (photo 6061409035)"),
+    "flower.jpg": ("CC BY 2.0", "vultilion, Flickr (photo 6056698931)"),
+    "face.png": ("public domain", "raccoon-procyon-lotor.jpg, public-domain-image.com"),
 }
 HELDOUT_IMAGES = {
     "chelsea.png": ("CC0", "Stefan van der Walt"),
     "rocket.jpg": ("public domain", "SpaceX"),
 }
+# file -> (wheel, member in the wheel); the rest are skimage/data/<file>.
+_MEMBERS = {
+    "china.jpg": ("sklearn", "sklearn/datasets/images/china.jpg"),
+    "flower.jpg": ("sklearn", "sklearn/datasets/images/flower.jpg"),
+    "face.png": ("scipy", "scipy/misc/face.dat"),
+}
 
 
-def fetch_images(dest: str | os.PathLike) -> Path:
-    """Put the sample photographs in ``dest`` (downloads scikit-image's wheel with pip once; no install)."""
-    dest = Path(dest)
-    wanted = list(TRAIN_IMAGES) + list(HELDOUT_IMAGES)
-    if all((dest / name).is_file() for name in wanted):
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    cache = dest / ".wheel"
-    wheels = sorted(cache.glob("scikit_image-*.whl")) if cache.is_dir() else []
-    if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-               "-d", str(cache), SKIMAGE_WHEEL]
+def image_source(name: str) -> tuple[str, str]:
+    """``(wheel key, member path)`` of a photograph."""
+    return _MEMBERS.get(name, ("skimage", f"skimage/data/{name}"))
+
+
+def _image_bytes(name: str, raw: bytes) -> bytes:
+    """The file to write for ``name`` from its member's bytes: as stored, except scipy's face.dat, which is
+    bz2-compressed raw RGB (768 x 1024 x 3) and becomes a lossless PNG."""
+    if not name.endswith(".png") or not image_source(name)[1].endswith(".dat"):
+        return raw
+    import bz2
+
+    import cv2
+
+    rgb = np.frombuffer(bz2.decompress(raw), np.uint8).reshape(768, 1024, 3)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise RuntimeError(f"could not encode {name}")
+    return buf.tobytes()
+
+
+def _wheel(cache: Path, key: str) -> Path:
+    """The cached wheel of ``WHEELS[key]`` (downloaded with pip the first time)."""
+    req = WHEELS[key]
+    pattern = req.split("==")[0].replace("-", "_") + "-" + req.split("==")[1] + "-*.whl"
+    found = sorted(cache.glob(pattern))
+    if not found:
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", *WHEEL_TAGS,
+               "-d", str(cache), req]
         try:
             subprocess.run(cmd, check=True)
         except (subprocess.CalledProcessError, OSError) as e:
-            raise RuntimeError(f"could not download {SKIMAGE_WHEEL} with pip ({e}); put the images {wanted} "
-                               f"(from skimage/data in any scikit-image wheel) in {dest} yourself") from e
-        wheels = sorted(cache.glob("scikit_image-*.whl"))
-    with zipfile.ZipFile(wheels[-1]) as z:
-        for name in wanted:
-            (dest / name).write_bytes(z.read(f"skimage/data/{name}"))
+            raise RuntimeError(f"could not download {req} with pip ({e})") from e
+        found = sorted(cache.glob(pattern))
+        if not found:
+            raise RuntimeError(f"pip downloaded no {pattern} into {cache}")
+    return found[-1]
+
+
+def fetch_images(dest: str | os.PathLike, names=None) -> Path:
+    """Put the photographs (default: all of them) in ``dest``; their wheels are downloaded with pip once
+    (into ``dest/.wheel``) and never installed. Files already there are kept."""
+    dest = Path(dest)
+    wanted = list(names) if names is not None else list(TRAIN_IMAGES) + list(HELDOUT_IMAGES)
+    todo = [n for n in wanted if not (dest / n).is_file()]
+    if not todo:
+        return dest
+    from ..io.video import write_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    cache = dest / ".wheel"
+    for key in dict.fromkeys(image_source(n)[0] for n in todo):
+        try:
+            wheel = _wheel(cache, key)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; put the images {todo} in {dest} yourself (from the wheels named in "
+                               "vsr_core/training/data.py)") from None
+        with zipfile.ZipFile(wheel) as z:
+            for name in todo:
+                if image_source(name)[0] != key:
+                    continue
+                try:  # atomically, and never over a file that appeared meanwhile
+                    write_file(dest / name, lambda tmp, n=name: Path(tmp).write_bytes(
+                        _image_bytes(n, z.read(image_source(n)[1]))), "error")
+                except FileExistsError:
+                    pass
     return dest
 
 
@@ -249,12 +312,13 @@ def heldout_clips(images: dict[str, np.ndarray], scale: int = 4, num_frames: int
 
 def image_credits() -> str:
     """A Markdown table of every photograph used, its role, licence and credit."""
-    rows = ["| image (skimage/data) | role | licence | credit |", "|---|---|---|---|"]
+    rows = ["| image | from (wheel: file) | role | licence | credit |", "|---|---|---|---|---|"]
     for role, table in (("training", TRAIN_IMAGES), ("held out", HELDOUT_IMAGES)):
         for name, (lic, credit) in table.items():
-            rows.append(f"| {name} | {role} | {lic} | {credit} |")
+            key, member = image_source(name)
+            rows.append(f"| {name} | {WHEELS[key]}: `{member}` | {role} | {lic} | {credit} |")
     return "\n".join(rows)
 
 
-__all__ = ["SKIMAGE_WHEEL", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images",
+__all__ = ["WHEELS", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images",
            "Degradation", "WindowSampler", "heldout_clips", "image_credits"]

@@ -48,6 +48,7 @@ class TrainConfig:
     init: str = ""  # start from these weights (same architecture) instead of random ones
     fetch: bool = True
     threads: int = 0
+    precision: str = "fp32"  # "bf16": the forward pass under CPU autocast (weights and optimiser stay fp32)
     eval_frames: int = 16
 
     @property
@@ -96,8 +97,9 @@ def export_file(path: Path, write, on_exists: str = "error") -> Path:
 
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
     keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "channels",
-            "blocks", "radius", "window", "align", "flow_preset", "init")
-    diff = {k: (saved["config"].get(k), getattr(cfg, k)) for k in keep if saved["config"].get(k) != getattr(cfg, k)}
+            "blocks", "radius", "window", "align", "flow_preset", "init", "precision")
+    was = {k: saved["config"].get(k, getattr(TrainConfig, k)) for k in keep}  # a key added later: its default
+    diff = {k: (was[k], getattr(cfg, k)) for k in keep if was[k] != getattr(cfg, k)}
     if diff:
         raise ValueError(f"the checkpoint in the work directory was made with other settings {diff}: use the same "
                          "settings to resume, or another --workdir (or --restart) to start over")
@@ -202,8 +204,9 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
             lr_frames, hr = sampler.batch(step, cfg.batch, scale)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            pred = model(lr_frames, scale)[:, 0]
-            loss = charbonnier(pred, hr)
+            with torch.autocast(lr_frames.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                pred = model(lr_frames, scale)[:, 0]
+            loss = charbonnier(pred.float(), hr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -277,6 +280,8 @@ def add_arguments(p) -> None:
     p.add_argument("--init", default=d.init, help="start from these learned-upscaler weights (same architecture)")
     p.add_argument("--no-fetch", dest="fetch", action="store_false", help="never download the photographs")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
+    p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"),
+                   help="bf16: train the forward pass under autocast (about 1.4x faster on a CPU with AVX512-BF16)")
     p.add_argument("--eval-frames", dest="eval_frames", type=int, default=d.eval_frames)
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in the work directory")
 
