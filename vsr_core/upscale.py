@@ -86,7 +86,7 @@ class LearnedUpscaler:
     ``precision``: ``"fp32"``; ``"bf16"`` (the network under bf16 autocast, the bicubic base and the sum in
     fp32); ``"auto"``: bf16 on a CPU that computes it natively (AVX512-BF16/AMX, see
     :func:`vsr_core.speed.native_bf16_cpu`; ``VSR_CPU_BF16=0`` keeps fp32), fp32 elsewhere. On this
-    project's AVX512-BF16 CPU bf16 takes ~0.65x the time for 0.003 dB less held-out Y-PSNR (bench/README.md).
+    project's AVX512-BF16 CPU bf16 takes 0.58-0.70x fp32's time at the same held-out Y-PSNR (README.md, Speed).
     """
 
     def __init__(self, model, scale: int, device: str | torch.device = "cpu", tile: int = 0, precision: str = "auto"):

@@ -71,7 +71,7 @@ def image_source(name: str) -> tuple[str, str]:
 def _image_bytes(name: str, raw: bytes) -> bytes:
     """The file to write for ``name`` from its member's bytes: as stored, except scipy's face.dat, which is
     bz2-compressed raw RGB (768 x 1024 x 3) and becomes a lossless PNG."""
-    if not name.endswith(".png") or not image_source(name)[1].endswith(".dat"):
+    if not image_source(name)[1].endswith(".dat"):
         return raw
     import bz2
 
