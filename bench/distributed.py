@@ -19,8 +19,6 @@ segmented run (state restarted at each segment border, the two sides crossfaded)
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
