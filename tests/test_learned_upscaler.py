@@ -389,7 +389,8 @@ def test_bf16_training_learns_and_is_part_of_the_resumable_settings(tmp_path):
 
 def test_training_can_start_from_a_file_and_grow_its_trunk(tmp_path):
     """--init: the run starts from exactly the file's function (extra residual blocks start as the
-    identity, alignment may be switched on), and carries that file's recipe; other shapes are refused."""
+    identity, alignment may be switched on) or, with another temporal radius, from its very weights, and
+    carries that file's recipe; other shapes are refused."""
     from vsr_core.training.upscaler import TrainConfig, _initialise
 
     src = _tiny(seed=4)
@@ -408,7 +409,13 @@ def test_training_can_start_from_a_file_and_grow_its_trunk(tmp_path):
     windows = torch.cat([torch.rand(2, 5, 3, 12, 14), torch.rand(2, 5, 2, 12, 14) - 0.5], 2)
     with torch.no_grad():  # the phase inputs start with zero weight: the file's function on the samples
         torch.testing.assert_close(aligned.upscale_windows(windows, 4), src.upscale_windows(windows[:, :, :3], 4))
-    for bad in ({"channels": 12, "attn_channels": 6}, {"num_blocks": 0}):
+    farther = VideoUpscaler(VideoUpscalerConfig(**{**TINY.__dict__, "radius": 3}))  # no weight depends on it
+    _initialise(farther, str(path))
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(farther.state_dict()[k], v, rtol=0, atol=0)
+    with torch.no_grad():  # the same weights now attend over 7 frames: one output per centre of 8 frames
+        assert farther.eval()(torch.rand(1, 8, 3, 12, 14), 4).shape == (1, 2, 3, 48, 56)
+    for bad in ({"channels": 12, "attn_channels": 6}, {"num_blocks": 0}, {"window": 5}):
         with pytest.raises(ValueError, match="architecture differs"):
             _initialise(VideoUpscaler(VideoUpscalerConfig(**{**TINY.__dict__, **bad})), str(path))
     aligned_file = save_video_upscaler(aligned, tmp_path / "v2.safetensors")

@@ -109,7 +109,8 @@ def _initialise(model: VideoUpscaler, path: str) -> dict:
     """Copy the weights of ``path`` into ``model``; returns that file's own training recipe, which the new
     file carries as ``init_recipe``.
 
-    The architecture must match except for the alignment setting and the number of residual blocks: a
+    The architecture must match except for the alignment setting, the temporal radius (no weight depends
+    on it: the same attention then reaches more or fewer frames) and the number of residual blocks: a
     deeper ``model`` gets the file's blocks first and its extra blocks start as the identity (their second
     convolution zeroed), and a file without alignment gives the phase inputs of ``align="dis"`` zero
     weights, so training starts from the file's function (on the aligned frames)."""
@@ -117,12 +118,12 @@ def _initialise(model: VideoUpscaler, path: str) -> dict:
 
     source = load_video_upscaler(path)
     mine, theirs = model.config.to_dict(), source.config.to_dict()
-    free = ("align", "flow_preset", "num_blocks")
+    free = ("align", "flow_preset", "num_blocks", "radius")
     differ = {k: (theirs[k], mine[k]) for k in mine
               if (mine[k] != theirs[k] and k not in free) or (k == "num_blocks" and mine[k] < theirs[k])}
     if differ:
         raise ValueError(f"--init {path}: its architecture differs from this run's {differ}; give the same "
-                         "--channels/--radius/--window and at least as many --blocks, or start from random weights")
+                         "--channels/--window and at least as many --blocks, or start from random weights")
     with torch.no_grad():
         for block in model.body[theirs["num_blocks"]:]:
             block.conv2.weight.zero_()
