@@ -18,7 +18,7 @@ def _learned_model(weights: str):
 
 class VSR_VideoUpscaler:
     DESCRIPTION = ("Upscale frames x2 or x4 without diffusion weights. 'learned' is the pack's own multi-frame "
-                   "upscaler (weights embedded, no download): it looks at 2 frames each side and is sharper than "
+                   "upscaler (weights embedded, no download): it looks at 3 frames each side and is sharper than "
                    "bicubic. bicubic/lanczos are the classic kernels. Connect an UPSCALE_MODEL (core's 'Load "
                    "Upscale Model': ESRGAN, SPAN, SwinIR ...) to use your favourite image upscaler instead, frame "
                    "by frame in tiles. Use it as the quick path, as the reference a diffusion result is compared "

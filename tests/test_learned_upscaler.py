@@ -291,21 +291,22 @@ def test_embedded_model_beats_bicubic_on_a_rendered_clip():
 
 def test_embedded_model_uses_its_neighbours():
     """The shipped weights are a video upscaler, not a single-image one: each centre frame comes out better
-    from its aligned window than from five copies of itself (a virtual-camera clip of the demo frame)."""
+    from its aligned window than from 2r+1 copies of itself (a virtual-camera clip of the demo frame)."""
     from vsr_core.cli import DEMO_CLIP
     from vsr_core.io import FrameSelection, load_video
 
     model = load_video_upscaler()
     assert model.config.align == "dis"
+    r = model.radius
     image = (load_video(DEMO_CLIP, FrameSelection(cap=1))[0][0].numpy() * 255).round().astype(np.uint8)
     for scale, hw, motion in ((2, (80, 112), "pan"), (4, (160, 224), "mixed")):
-        hr, lr = make_clip(image, num_frames=7, hr_hw=hw, scale=scale, motion=motion, amplitude=0.5)
+        hr, lr = make_clip(image, num_frames=2 * r + 3, hr_hw=hw, scale=scale, motion=motion, amplitude=0.5)
         x = ((lr * 255).round() / 255).permute(0, 3, 1, 2)[None]
         with torch.no_grad():
             window = model.align_windows(x)[0]
-            alone = window[:, 2:3].expand(-1, 5, -1, -1, -1).clone()
-            alone[:, :, 3:] = 0  # the centre frame seen five times, at phase zero
-            scores = [psnr(model.upscale_windows(w, scale).clamp(0, 1).permute(0, 2, 3, 1), hr[2:-2], y_channel=True,
+            alone = window[:, r:r + 1].expand(-1, 2 * r + 1, -1, -1, -1).clone()
+            alone[:, :, 3:] = 0  # the centre frame seen 2r+1 times, at phase zero
+            scores = [psnr(model.upscale_windows(w, scale).clamp(0, 1).permute(0, 2, 3, 1), hr[r:-r], y_channel=True,
                            crop=2 * scale).mean().item() for w in (window, alone)]
         assert scores[0] > scores[1] + 0.15, (scale, scores)
 
@@ -385,6 +386,41 @@ def test_bf16_training_learns_and_is_part_of_the_resumable_settings(tmp_path):
     torch.save(saved, tmp_path / "run" / "checkpoint.pt")
     report = tr.train(tr.TrainConfig(steps=2, **common), progress=False, on_exists="replace")
     assert report["steps"] == 2 and report["config"]["precision"] == "fp32"
+
+
+def test_mse_training_minimises_the_squared_error_and_is_part_of_the_resumable_settings(tmp_path):
+    import cv2
+
+    import vsr_core.training.upscaler as tr
+    from vsr_core.loaders.video_upscaler import read_metadata
+    from vsr_core.training.data import WindowSampler, load_images
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "tex0.png"), smooth_texture(160, 200, seed=0, octaves=6))
+    common = dict(images=str(images), workdir=str(tmp_path / "run"), batch=2, lr_patch=16, channels=8, blocks=1,
+                  warmup=1, save_every=2, fetch=False, eval_frames=5)
+    tr.train(tr.TrainConfig(steps=2, loss="mse", **common), progress=False)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    # the first step's loss is the mean squared error of the starting model on that step's batch
+    cfg = tr.TrainConfig(**common)
+    torch.manual_seed(cfg.seed)
+    start = VideoUpscaler(cfg.model_config())
+    lr_frames, hr = WindowSampler(load_images(images, ["tex0.png"]), cfg.radius, cfg.lr_patch, cfg.max_motion,
+                                  cfg.degradation, cfg.seed).batch(0, cfg.batch, tr.scale_at(0))
+    with torch.no_grad():
+        pred = start(lr_frames, tr.scale_at(0))[:, 0]
+    assert saved["losses"][0] == pytest.approx(torch.nn.functional.mse_loss(pred, hr).item(), rel=1e-5)
+    assert saved["losses"][0] < 0.5 * tr.charbonnier(pred, hr).item()  # squared errors of values below 1
+    recipe = json.loads(read_metadata(tmp_path / "run" / "video_upscaler.safetensors")["vsr_training"])
+    assert recipe["config"]["loss"] == "mse"  # the recipe in the weights says how they were trained
+    with pytest.raises(ValueError, match="loss"):  # resuming must keep the loss
+        tr.train(tr.TrainConfig(steps=4, **common), progress=False)
+    from vsr_core.cli import main
+
+    with pytest.raises(SystemExit):  # an unknown loss is refused by the command line, before any work
+        main(["train-upscaler", "--images", str(images), "--workdir", str(tmp_path / "other"), "--loss", "l1"])
+    assert not (tmp_path / "other").exists()
 
 
 def test_training_can_start_from_a_file_and_grow_its_trunk(tmp_path):
@@ -546,6 +582,8 @@ def test_node_defaults_to_learned_and_matches_the_library():
     assert up.shape == (6, 24, 32, 3) and torch.allclose(up, ref, atol=1e-6)
     (tiled,) = cls().upscale(frames, 2, "learned", frames_per_chunk=2, tile=32)
     assert torch.allclose(tiled, ref, atol=1e-5)
+    # what the node's tooltip says about the embedded model is what the embedded model does
+    assert f"looks at {load_video_upscaler().radius} frames each side" in cls.DESCRIPTION
 
 
 def test_node_uses_a_users_trained_weights(tmp_path):

@@ -7,7 +7,8 @@ optimiser, step; a rerun of the same command continues from there), and ends by 
 and a report on the held-out clips (Y-PSNR of the model vs bicubic, x4 and x2). The exported weights are
 the run's output: an existing file there is replaced only when asked (``on_exists="replace"``, the CLI's
 ``--overwrite``), and only once the new file is complete; the checkpoint and report are the work directory's.
-SATeCo trains its upscaler with a Charbonnier loss (§3.3, stage 1); so does this.
+SATeCo trains its upscaler with a Charbonnier loss (§3.3, stage 1); so does this, and ``--loss mse`` (the
+squared error, what PSNR measures) serves a last fine-tuning stage.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class TrainConfig:
     fetch: bool = True
     threads: int = 0
     precision: str = "fp32"  # "bf16": the forward pass under CPU autocast (weights and optimiser stay fp32)
+    loss: str = "charbonnier"  # or "mse"
     eval_frames: int = 16
 
     @property
@@ -63,6 +65,13 @@ class TrainConfig:
 
 def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt((x - y) ** 2 + eps * eps).mean()
+
+
+def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((x - y) ** 2).mean()
+
+
+LOSSES = {"charbonnier": charbonnier, "mse": mse}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -97,7 +106,7 @@ def export_file(path: Path, write, on_exists: str = "error") -> Path:
 
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
     keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "channels",
-            "blocks", "radius", "window", "align", "flow_preset", "init", "precision")
+            "blocks", "radius", "window", "align", "flow_preset", "init", "precision", "loss")
     was = {k: saved["config"].get(k, getattr(TrainConfig, k)) for k in keep}  # a key added later: its default
     diff = {k: (was[k], getattr(cfg, k)) for k in keep if was[k] != getattr(cfg, k)}
     if diff:
@@ -191,6 +200,7 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
         opt.load_state_dict(saved["opt"])
         step, losses = saved["step"], list(saved["losses"])
         print(f"resuming from step {step} ({ckpt_path})")
+    loss_fn = LOSSES[cfg.loss]
     sampler = WindowSampler(train_images, cfg.radius, cfg.lr_patch, cfg.max_motion, cfg.degradation, cfg.seed)
 
     bar = None
@@ -207,7 +217,7 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
                 g["lr"] = lr_at(step, cfg)
             with torch.autocast(lr_frames.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
                 pred = model(lr_frames, scale)[:, 0]
-            loss = charbonnier(pred.float(), hr)
+            loss = loss_fn(pred.float(), hr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -283,6 +293,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
     p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"),
                    help="bf16: train the forward pass under autocast (about 1.4x faster on a CPU with AVX512-BF16)")
+    p.add_argument("--loss", default=d.loss, choices=tuple(LOSSES),
+                   help="training loss: charbonnier (robust, the earlier stages) or mse (what PSNR measures)")
     p.add_argument("--eval-frames", dest="eval_frames", type=int, default=d.eval_frames)
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in the work directory")
 
