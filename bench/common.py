@@ -52,9 +52,16 @@ def machine_line() -> str:
     except OSError:
         pass
     present = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    from vsr_core.speed import native_bf16_cpu
+    from vsr_core.speed import bf16_flags_cpu, native_bf16_cpu
 
-    bf16 = "native bf16" if native_bf16_cpu() else "no native bf16 (emulated)"
+    if native_bf16_cpu():
+        bf16 = "native bf16"
+    elif os.environ.get("VSR_CPU_BF16", "").strip() == "0":
+        bf16 = "bf16 off (VSR_CPU_BF16=0)"
+    elif bf16_flags_cpu():
+        bf16 = "bf16 instructions, but bf16 measured slower than fp32 here: auto is fp32"
+    else:
+        bf16 = "no native bf16 (emulated)"
     gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "; no GPU"
     return (f"machine: {model} ({os.cpu_count()} CPUs; flags {' '.join(present) or 'none of avx2/avx512/amx'}; "
             f"{bf16}); torch {torch.__version__}{gpu}")

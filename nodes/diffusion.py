@@ -99,7 +99,8 @@ class VSR_LoadDiffusionModel:
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                                           "tooltip": "Weights and compute precision of the UNet/ControlNet. auto: "
                                                      "fp16 on a GPU; on a CPU bf16 where it computes bf16 natively "
-                                                     "(AVX512-BF16/AMX: twice as fast, half the memory), else fp32. "
+                                                     "(AVX512-BF16/AMX, and a one-time probe finds it faster: about twice as "
+                                                     "fast, half the memory), else fp32. "
                                                      "The VAEs are fp32, or bf16 beside a bf16 UNet where bf16 is "
                                                      "native; never fp16 (they overflow there)."}),
                 "offload": (OFFLOAD_CHOICES, {"default": "auto",

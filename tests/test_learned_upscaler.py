@@ -171,6 +171,33 @@ def test_spatial_tiles_equal_one_pass(align, precision):
     assert torch.allclose(whole, tiled, atol=1e-5)
 
 
+def test_auto_precision_takes_bf16_only_where_a_probe_finds_it_faster(monkeypatch):
+    from vsr_core import speed
+
+    m, real_best_time = _tiny(), speed._best_time
+    monkeypatch.delenv("VSR_CPU_BF16", raising=False)
+    monkeypatch.setattr(speed, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(speed, "_BF16_PAYS_OFF", {})
+    # an AVX512-BF16 CPU where bf16 is slower (an Intel Xeon without AMX), then one where it is faster
+    for t32, t16, want in ((1.0, 1.2, "fp32"), (1.0, 0.95, "fp32"), (1.0, 0.6, "bf16")):
+        times = iter([t32, t16])  # fp32 is timed first
+        monkeypatch.setattr(speed, "_best_time", lambda fn, times=times: next(times))
+        speed._BF16_PAYS_OFF.clear()
+        assert LearnedUpscaler(m, 4).precision == want, (t32, t16)
+    monkeypatch.setattr(speed, "_best_time", lambda fn: pytest.fail("the probe ran twice in one process"))
+    assert LearnedUpscaler(m, 4).precision == "bf16"  # measured once, remembered
+    monkeypatch.setattr(speed, "native_bf16_cpu", lambda: False)  # emulated bf16: fp32, nothing timed
+    speed._BF16_PAYS_OFF.clear()
+    assert LearnedUpscaler(m, 4).precision == "fp32"
+    # the real probe times the block in both precisions and leaves the weights in fp32
+    monkeypatch.setattr(speed, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(speed, "_best_time", real_best_time)
+    speed._BF16_PAYS_OFF.clear()
+    assert LearnedUpscaler(m, 4).precision in ("fp32", "bf16")
+    assert list(speed._BF16_PAYS_OFF) == [("learned-upscaler", m.config.channels)]
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+
+
 def test_precision_auto_follows_the_cpu_and_bf16_keeps_the_quality(monkeypatch):
     from vsr_core.cli import DEMO_CLIP
     from vsr_core.io import FrameSelection, load_video

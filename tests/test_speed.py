@@ -302,6 +302,41 @@ def test_vae_stays_fp32_inside_the_autocast_region():
     assert out.dtype == torch.float32 and torch.equal(out, ref)
 
 
+def test_native_bf16_needs_the_instructions_and_a_probe_that_finds_it_faster(monkeypatch):
+    """A CPU that reports AVX512-BF16 but runs bf16 slower than fp32 (a VM hiding AMX, measured: 1.3-2x
+    fp32's time) gets fp32 from every "auto"; the probe runs once per process; the variable overrides."""
+    from vsr_core import speed
+    from vsr_core.loaders.diffusion import resolve_dtype
+
+    monkeypatch.delenv("VSR_CPU_BF16", raising=False)
+    real_best_time = speed._best_time
+    for flags, t32, t16, want in ((True, 1.0, 1.8, False), (True, 1.0, 0.55, True), (False, 1.0, 0.5, False)):
+        monkeypatch.setattr(speed, "bf16_flags_cpu", lambda flags=flags: flags)
+        times = iter([t32, t16])  # fp32 is timed first
+        monkeypatch.setattr(speed, "_best_time", lambda fn, times=times: next(times))
+        speed._bf16_measured_faster.cache_clear()
+        assert speed.native_bf16_cpu() is want, (flags, t32, t16)
+        assert speed_options("auto", "cpu").precision == ("bf16-autocast" if want else "fp32")
+        assert speed_options("auto", "cpu").vae_bf16 is want
+        assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if want else torch.float32)
+    monkeypatch.setattr(speed, "_best_time", lambda fn: pytest.fail("the probe ran twice in one process"))
+    assert speed.native_bf16_cpu() is False  # the last answer, remembered (flags off: nothing timed)
+    monkeypatch.setattr(speed, "bf16_flags_cpu", lambda: True)
+    speed._bf16_measured_faster.cache_clear()
+    monkeypatch.setenv("VSR_CPU_BF16", "1")
+    assert speed.native_bf16_cpu() is True  # forced: no probe
+    monkeypatch.setenv("VSR_CPU_BF16", "0")
+    assert speed.native_bf16_cpu() is False
+    # the real probe: both precisions timed, a ratio that means something
+    monkeypatch.delenv("VSR_CPU_BF16")
+    monkeypatch.setattr(speed, "_best_time", real_best_time)
+    ratio = speed.bf16_time_ratio(lambda: torch.nn.functional.conv2d(torch.randn(1, 16, 32, 32), torch.randn(16, 16, 3, 3)))
+    assert 0.05 < ratio < 50
+    speed._bf16_measured_faster.cache_clear()
+    assert isinstance(speed.native_bf16_cpu(), bool)
+    speed._bf16_measured_faster.cache_clear()
+
+
 def test_speed_options_presets_and_auto():
     assert speed_options("published") == SpeedOptions("fp32")
     assert speed_options("fp16", compile=True).compile

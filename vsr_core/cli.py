@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     st.add_argument("--speed", default="as loaded", choices=SPEED_CHOICES,
                     help="diffusion networks: as loaded (--dtype), or auto (fp16 on CUDA; bf16 autocast on CPUs with "
-                    "native bf16, else fp32) / fp16 / bf16 / bf16-autocast / fp16-compile / fp32, + channels-last")
+                    "native bf16 that measures faster, else fp32) / fp16 / bf16 / bf16-autocast / fp16-compile / fp32, + channels-last")
     st.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's published)")
     st.add_argument("--seed", type=int, default=None)
     st.add_argument("--settings", default="", help='more sampler settings as JSON, e.g. \'{"propagation_steps": '

@@ -85,8 +85,10 @@ class LearnedUpscaler:
 
     ``precision``: ``"fp32"``; ``"bf16"`` (the network under bf16 autocast, the bicubic base and the sum in
     fp32); ``"auto"``: bf16 on a CPU that computes it natively (AVX512-BF16/AMX, see
-    :func:`vsr_core.speed.native_bf16_cpu`; ``VSR_CPU_BF16=0`` keeps fp32), fp32 elsewhere. On this
-    project's AVX512-BF16 CPU bf16 takes 0.58-0.70x fp32's time at the same held-out Y-PSNR (README.md, Speed).
+    :func:`vsr_core.speed.native_bf16_cpu`) where a one-time probe of one residual block finds it faster
+    (:func:`vsr_core.speed.bf16_autocast_pays_off`; ``VSR_CPU_BF16=0`` keeps fp32, ``1`` skips the probe),
+    fp32 elsewhere. bf16 scores as fp32 on the held-out clips; it takes 0.56-0.70x fp32's time on an AMD
+    EPYC with AVX512-BF16 and 1.2x on an Intel Xeon without AMX (README.md, Speed).
     """
 
     def __init__(self, model, scale: int, device: str | torch.device = "cpu", tile: int = 0, precision: str = "auto"):
@@ -96,14 +98,12 @@ class LearnedUpscaler:
             raise ValueError(f"precision must be one of {LEARNED_PRECISIONS}, got {precision!r}")
         self.model, self.scale, self.device, self.tile = model, scale, torch.device(device), tile
         self.radius = model.radius
-        if precision == "auto":
-            from .speed import native_bf16_cpu
-
-            precision = "bf16" if self.device.type == "cpu" and native_bf16_cpu() else "fp32"
-        self.precision = precision
-        self.autocast = torch.bfloat16 if precision == "bf16" else None
         if self.device.type == "cpu":  # oneDNN convolutions are ~1.5x faster in channels-last on a CPU
             model.to(memory_format=torch.channels_last)
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cpu" and _bf16_pays_off(model) else "fp32"
+        self.precision = precision
+        self.autocast = torch.bfloat16 if precision == "bf16" else None
 
     @torch.no_grad()
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
@@ -123,6 +123,17 @@ class LearnedUpscaler:
         else:
             y = model.upscale_windows(windows, self.scale, self.autocast)
         return y.clamp_(0, 1).permute(0, 2, 3, 1).to("cpu", torch.float32).contiguous()
+
+
+def _bf16_pays_off(model) -> bool:
+    """Whether bf16 autocast speeds the learned upscaler up on this CPU: timed on its first residual block
+    (the trunk is most of its work) at a 160x90 tile, once per width per process."""
+    from .speed import bf16_autocast_pays_off
+
+    c = model.config.channels
+    example = torch.randn(1, c, 90, 160).contiguous(memory_format=torch.channels_last)
+    block = model.body[0] if len(model.body) else model.body_out
+    return bf16_autocast_pays_off(("learned-upscaler", c), lambda: block(example))
 
 
 def load_learned(weights: str | os.PathLike | None = None):

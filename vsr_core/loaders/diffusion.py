@@ -123,9 +123,10 @@ def _read_json(path: Path) -> dict:
 # -------------------------------------------------------------------------------------------- dtypes
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
     """``"auto"`` -> fp16 on CUDA and MPS (the x4 UNet is stable in half precision; bf16 would lose
-    mantissa bits for no gain where fp16 is fast); bf16 on a CPU that computes it natively (AVX512-BF16
-    or AMX: about twice as fast as fp32 there, and half the memory; ``speed.native_bf16_cpu``, which the
-    environment variable ``VSR_CPU_BF16=0`` turns off); fp32 elsewhere (an AVX2 CPU emulates bf16, slowly).
+    mantissa bits for no gain where fp16 is fast); bf16 on a CPU that computes it natively and faster
+    (AVX512-BF16 or AMX and a one-time probe: about twice as fast as fp32 there, and half the memory;
+    ``speed.native_bf16_cpu``, which the environment variable ``VSR_CPU_BF16=0`` turns off); fp32
+    elsewhere (an AVX2 CPU emulates bf16, slowly, and a VM that hides AMX can run it slower than fp32).
     ``"fp32"``/``"fp16"``/``"bf16"`` or a ``torch.dtype`` as given."""
     if isinstance(dtype, torch.dtype):
         return dtype
