@@ -52,11 +52,11 @@ def machine_line() -> str:
     except OSError:
         pass
     present = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    from vsr_core.speed import bf16_flags_cpu, native_bf16_cpu
+    from vsr_core.speed import bf16_flags_cpu, bf16_forced, native_bf16_cpu
 
     if native_bf16_cpu():
         bf16 = "native bf16"
-    elif os.environ.get("VSR_CPU_BF16", "").strip() == "0":
+    elif bf16_forced() is False:
         bf16 = "bf16 off (VSR_CPU_BF16=0)"
     elif bf16_flags_cpu():
         bf16 = "bf16 instructions, but bf16 measured slower than fp32 here: auto is fp32"

@@ -37,8 +37,8 @@ SPEED_INPUT = (SPEED_CHOICES, {"default": "as loaded",
                                "tooltip": "Compute precision of the networks for this run. as loaded: the loader's "
                                           "dtype (VAEs fp32). auto: fp16 on a GPU; on a CPU bf16 autocast where it "
                                           "has native bf16 that measures faster than fp32, else fp32; both "
-                                          "channels-last. With a reduced "
-                                          "precision the VAEs compute in bf16 where the device does bf16 natively "
+                                          "channels-last. With a reduced precision the VAEs compute in bf16 "
+                                          "where the device does bf16 natively "
                                           "(never fp16, where they overflow), else fp32. fp16-compile adds "
                                           "torch.compile (minutes to compile once). Results stay within 30 dB "
                                           "PSNR of fp32 (bench/)."})

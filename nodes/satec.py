@@ -60,9 +60,9 @@ class VSR_LoadSATeCo:
                                                               "(768-v models: v_prediction, 512 base: epsilon)."}),
                 "dtype": (DTYPE_CHOICES, {"default": "auto",
                                           "tooltip": "UNet precision. auto: fp16 on a GPU; on a CPU bf16 where it "
-                                                     "computes bf16 natively and faster (a one-time probe), else fp32. The "
-                                                     "VAE is fp32, or bf16 "
-                                                     "beside a bf16 UNet where bf16 is native."}),
+                                                     "computes bf16 natively and faster (a one-time probe), else fp32. "
+                                                     "The VAE is fp32, or bf16 beside a bf16 UNet where bf16 is "
+                                                     "native."}),
                 "offload": (OFFLOAD_CHOICES, {"default": "auto",
                                               "tooltip": "Where weights rest between uses."}),
             },

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ __all__ = [
     "speed_options",
     "native_bf16_cpu",
     "bf16_flags_cpu",
+    "bf16_forced",
     "bf16_fast",
     "bf16_autocast_pays_off",
     "bf16_time_ratio",
@@ -142,14 +144,21 @@ def _bf16_measured_faster() -> bool:
     return bf16_time_ratio(lambda: (conv(x), lin(y))) <= 0.9
 
 
+def bf16_forced() -> bool | None:
+    """What the environment variable ``VSR_CPU_BF16`` decides without measuring: ``0`` -> False (every
+    "auto" choice in fp32, the published numerics), ``1`` -> True (any CPU treated as native and fast);
+    None when it is unset or anything else."""
+    forced = os.environ.get("VSR_CPU_BF16", "").strip()
+    return forced == "1" if forced in ("0", "1") else None
+
+
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bf16 natively and faster than fp32: it reports AVX512-BF16 or AMX
     (``bf16_flags_cpu``) and a one-time probe finds bf16 autocast faster (``_bf16_measured_faster``).
-    The environment variable ``VSR_CPU_BF16`` overrides both: ``0`` keeps every "auto" choice in fp32
-    (the published numerics), ``1`` treats any CPU as native."""
-    forced = os.environ.get("VSR_CPU_BF16", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
+    ``VSR_CPU_BF16`` overrides both (``bf16_forced``)."""
+    forced = bf16_forced()
+    if forced is not None:
+        return forced
     return bf16_flags_cpu() and _bf16_measured_faster()
 
 
@@ -157,8 +166,6 @@ _BF16_PAYS_OFF: dict = {}
 
 
 def _best_time(fn, reps: int = 3) -> float:
-    import time
-
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
@@ -180,20 +187,22 @@ def bf16_time_ratio(fn) -> float:
         return _best_time(bf16) / t32
 
 
-def bf16_autocast_pays_off(key, fn, margin: float = 0.9) -> bool:
+def bf16_autocast_pays_off(key, make_fn, margin: float = 0.9) -> bool:
     """Whether ``fn()`` runs faster on this CPU under bf16 autocast than in fp32 (at most ``margin`` of
-    fp32's time), measured once per ``key`` per process, and only on a CPU with native bf16.
+    fp32's time), measured once per ``key`` per process, and only on a CPU with native bf16; ``make_fn()``
+    builds ``fn`` (with its inputs) only when a measurement is due.
 
     Native bf16 is not always faster for every network: the learned upscaler's narrow convolutions (32
     channels) took 0.56-0.70x fp32's time under bf16 on an AMD EPYC with AVX512-BF16, but a network's own
     probe is what tells. ``VSR_CPU_BF16=1`` answers yes without measuring, ``0`` (or a CPU without native
     bf16) no."""
-    if os.environ.get("VSR_CPU_BF16", "").strip() == "1":
-        return True
+    forced = bf16_forced()
+    if forced is not None:
+        return forced
     if not native_bf16_cpu():
         return False
     if key not in _BF16_PAYS_OFF:
-        _BF16_PAYS_OFF[key] = bf16_time_ratio(fn) <= margin
+        _BF16_PAYS_OFF[key] = bf16_time_ratio(make_fn()) <= margin
     return _BF16_PAYS_OFF[key]
 
 

@@ -131,9 +131,13 @@ def _bf16_pays_off(model) -> bool:
     from .speed import bf16_autocast_pays_off
 
     c = model.config.channels
-    example = torch.randn(1, c, 90, 160).contiguous(memory_format=torch.channels_last)
-    block = model.body[0] if len(model.body) else model.body_out
-    return bf16_autocast_pays_off(("learned-upscaler", c), lambda: block(example))
+
+    def make_fn():
+        example = torch.randn(1, c, 90, 160).contiguous(memory_format=torch.channels_last)
+        block = model.body[0] if len(model.body) else model.body_out
+        return lambda: block(example)
+
+    return bf16_autocast_pays_off(("learned-upscaler", c), make_fn)
 
 
 def load_learned(weights: str | os.PathLike | None = None):
