@@ -59,6 +59,37 @@ def test_temporal_window_attention_matches_its_equation():
     assert torch.allclose(fast_grad_path, ref, atol=1e-5)  # the training (out-of-place) path agrees
 
 
+def test_temporal_window_attention_gradients_match_its_equation():
+    """Training backpropagates through the matmul projections and the in-buffer padding: every weight and
+    the features get the gradient of the equation written the obvious way."""
+    m = _tiny()
+    feat = torch.randn(2, 6, 8, 7, 10, requires_grad=True)
+    target = torch.randn(2, 2, 8, 7, 10)
+    grads = []
+    for fn in (m.attn, lambda f: _reference_attention(m.attn, f)):
+        m.zero_grad()
+        feat.grad = None
+        (fn(feat) * target).sum().backward()
+        grads.append([feat.grad.clone()] + [p.grad.clone() for p in m.attn.parameters()])
+    for fast, ref in zip(*grads):
+        assert torch.allclose(fast, ref, atol=1e-5)
+
+
+def test_temporal_window_attention_is_the_same_in_any_layout_and_grouping():
+    """A CPU model in channels-last hands the attention channels-last features, and windows are attended
+    a few at a time (``pixels_per_pass``): neither changes a value."""
+    m = _tiny()
+    feat = torch.randn(5, 5, 8, 9, 11)
+    with torch.no_grad():
+        whole = m.attn(feat)
+        last = m.attn(feat.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (5, 5)))
+        m.attn.pixels_per_pass = 2 * 9 * 11  # groups of two windows, then one
+        grouped = m.attn(feat)
+    assert torch.allclose(grouped, whole, atol=1e-6)
+    assert torch.allclose(last, whole, atol=1e-6)
+    assert torch.allclose(whole, _reference_attention(m.attn, feat), atol=1e-5)
+
+
 def test_model_shapes_heads_and_errors():
     m = _tiny()
     x = torch.rand(6, 3, 10, 12)

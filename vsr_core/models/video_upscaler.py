@@ -81,7 +81,8 @@ class TemporalWindowAttention(nn.Module):
     Keys and values of all frames are computed once (``to_k``/``to_v``, 1x1); a query (``to_q``) from the
     centre frame scores ``(2r+1) * window^2`` keys per head (scaled dot product), and the
     softmax-weighted values are mixed by ``to_out``. Borders replicate (a pixel at the edge sees copies
-    of the edge, not zeros).
+    of the edge, not zeros). The projections run as matmuls (:func:`_pointwise`), batch elements in
+    groups of :attr:`pixels_per_pass` pixels; neither changes the result.
     """
 
     def __init__(self, channels: int, attn_channels: int, heads: int, radius: int, window: int):
@@ -97,41 +98,76 @@ class TemporalWindowAttention(nn.Module):
         self.to_out = nn.Conv2d(channels, channels, 1)
         self.scale = (attn_channels // heads) ** -0.5
 
-    def _split(self, x: Tensor) -> Tensor:
-        """``[M, C, H, W]`` -> replicate-padded ``[M, heads, C/heads, H + 2p, W + 2p]``."""
-        n, c, h, w = x.shape
-        p = self.window // 2
-        if p:
-            x = F.pad(x, (p, p, p, p), mode="replicate")
-        return x.view(n, self.heads, c // self.heads, h + 2 * p, w + 2 * p)
+    # Windows attended together: the per-key products stay in the CPU's caches (~3 MB of scores per pass).
+    pixels_per_pass = 1 << 16
 
     def forward(self, feat: Tensor) -> Tensor:
         """``feat``: ``[B, N, C, H, W]`` features of consecutive frames -> ``[B, N - 2r, C, H, W]`` (centres)."""
-        r, win = self.radius, self.window
+        r, win, hd = self.radius, self.window, self.heads
         b, n, c, h, w = feat.shape
         if n <= 2 * r:
             raise ValueError(f"need more than {2 * r} frames for a temporal window of radius {r}, got {n}")
-        flat = feat.flatten(0, 1)
-        k = self._split(self.to_k(flat)).unflatten(0, (b, n))
-        v = self._split(self.to_v(flat)).unflatten(0, (b, n))
-        q = self.to_q(feat[:, r:n - r].flatten(0, 1)).view(b, n - 2 * r, self.heads, -1, h, w) * self.scale
+        hk, hv, p = self.to_k.out_channels // hd, c // hd, win // 2
+        # One projection for keys and values: per head, its key channels then its value channels.
+        w_kv = torch.cat([self.to_k.weight.view(hd, hk, c), self.to_v.weight.view(hd, hv, c)], 1).view(-1, c)
+        b_kv = torch.cat([self.to_k.bias.view(hd, hk), self.to_v.bias.view(hd, hv)], 1).view(-1)
+        w_q, b_q = self.to_q.weight.view(-1, c) * self.scale, self.to_q.bias * self.scale
         # A loop over the (frame, offset) pairs of the window reads shifted views of the padded keys and
         # values; unfolding them instead would copy every feature window**2 times (memory-bound, ~10x slower).
         keys = [(j, dy, dx) for j in range(2 * r + 1) for dy in range(win) for dx in range(win)]
-        outs = []
-        for i in range(n - 2 * r):
-            qi = q[:, i]
-            logits = torch.stack([(qi * k[:, i + j, :, :, dy:dy + h, dx:dx + w]).sum(2) for j, dy, dx in keys])
-            attn = logits.softmax(0).unsqueeze(3)  # [keys, B, heads, 1, H, W]
-            out = attn[0] * v[:, i, :, :, 0:h, 0:w]
-            for m, (j, dy, dx) in enumerate(keys[1:], 1):
-                shifted = v[:, i + j, :, :, dy:dy + h, dx:dx + w]
-                if torch.is_grad_enabled():
-                    out = out.addcmul(attn[m], shifted)
-                else:  # in place: no extra full-size temporary per key at inference
-                    out.addcmul_(attn[m], shifted)
-            outs.append(out.reshape(b, c, h, w))
-        return self.to_out(torch.stack(outs, 1).flatten(0, 1)).unflatten(0, (b, n - 2 * r))
+        grad = torch.is_grad_enabled()
+        out = feat.new_empty(b, n - 2 * r, hd, hv, h, w)
+        step = max(1, self.pixels_per_pass // (h * w))
+        for b0 in range(0, b, step):
+            part = feat[b0:b0 + step]
+            m = part.shape[0]
+            kv = _pointwise(part.flatten(0, 1), w_kv, b_kv, p).view(m, n, hd, hk + hv, h + 2 * p, w + 2 * p)
+            q = _pointwise(part[:, r:n - r].flatten(0, 1), w_q, b_q, 0).view(m, n - 2 * r, hd, hk, h, w)
+            for i in range(n - 2 * r):
+                qi = q[:, i]
+                if grad:
+                    logits = torch.stack([(qi * kv[:, i + j, :, :hk, dy:dy + h, dx:dx + w]).sum(2)
+                                          for j, dy, dx in keys])
+                else:  # each key's scores written straight into one buffer, no stacking copy
+                    logits = qi.new_empty(len(keys), m, hd, h, w)
+                    for k, (j, dy, dx) in enumerate(keys):
+                        torch.sum(qi * kv[:, i + j, :, :hk, dy:dy + h, dx:dx + w], 2, out=logits[k])
+                # in float32 (bf16's softmax rounds by where a pixel falls in the vector loop: chunks differ)
+                attn = logits.softmax(0, dtype=torch.float32).to(logits.dtype).unsqueeze(3)  # [keys, m, hd, 1, H, W]
+                values = [kv[:, i + j, :, hk:, dy:dy + h, dx:dx + w] for j, dy, dx in keys]
+                if grad:
+                    acc = attn[0] * values[0]
+                    for k in range(1, len(keys)):
+                        acc = acc.addcmul(attn[k], values[k])
+                    out[b0:b0 + step, i] = acc
+                else:  # in place in the output: no full-size temporary per key
+                    acc = torch.mul(attn[0], values[0], out=out[b0:b0 + step, i])
+                    for k in range(1, len(keys)):
+                        acc.addcmul_(attn[k], values[k])
+        return self.to_out(out.view(b * (n - 2 * r), c, h, w)).unflatten(0, (b, n - 2 * r))
+
+
+def _pointwise(x: Tensor, weight: Tensor, bias: Tensor, pad: int) -> Tensor:
+    """The 1x1 convolution ``weight`` ``[C', C]`` + ``bias`` of ``x`` ``[M, C, H, W]`` as one matmul, whose
+    output is planar (NCHW) in either layout of ``x``, replicate-padded by ``pad`` pixels with the bias
+    added in the same pass. On a CPU the convolutions of a channels-last model return channels-last
+    tensors, on which the attention's per-pixel products stride over the channels (~3x slower)."""
+    m, _, h, w = x.shape
+    y = torch.matmul(weight, x.flatten(2)).view(m, -1, h, w)
+    bias = bias.to(y.dtype).view(-1, 1, 1)
+    if not pad:
+        return y + bias
+    out = y.new_empty(m, y.shape[1], h + 2 * pad, w + 2 * pad)
+    inner = out[:, :, pad:pad + h, pad:pad + w]
+    if torch.is_grad_enabled():
+        inner.copy_(y + bias)
+    else:
+        torch.add(y, bias, out=inner)
+    out[:, :, :pad, pad:pad + w] = out[:, :, pad:pad + 1, pad:pad + w]
+    out[:, :, pad + h:, pad:pad + w] = out[:, :, pad + h - 1:pad + h, pad:pad + w]
+    out[:, :, :, :pad] = out[:, :, :, pad:pad + 1]
+    out[:, :, :, pad + w:] = out[:, :, :, pad + w - 1:pad + w]
+    return out
 
 
 class ResBlock(nn.Module):
@@ -141,7 +177,9 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.1))
+        # in place on fresh outputs (same values): no new full-size buffer, whose first touch costs the
+        # CPU as much as the sum itself
+        return self.conv2(F.leaky_relu(self.conv1(x), 0.1, inplace=True)).add_(x)
 
 
 class UpscaleHead(nn.Module):
@@ -243,12 +281,12 @@ class VideoUpscaler(nn.Module):
         m, k = windows.shape[:2]
         region = torch.autocast(windows.device.type, autocast) if autocast is not None else contextlib.nullcontext()
         with region:
-            feat = F.leaky_relu(self.conv_in(windows.flatten(0, 1)), 0.1).unflatten(0, (m, k))
+            feat = F.leaky_relu(self.conv_in(windows.flatten(0, 1)), 0.1, inplace=True).unflatten(0, (m, k))
             x = self.fuse(torch.cat([feat[:, r], self.attn(feat)[:, 0]], 1))
-            x = x + self.body_out(self.body(x))
+            x = self.body_out(self.body(x)).add_(x)
             residual = self.heads[f"x{scale}"](x)
         base = F.interpolate(windows[:, r, :3], scale_factor=scale, mode="bicubic", align_corners=False)
-        return base + residual.to(base.dtype)
+        return base.add_(residual.to(base.dtype))
 
     def forward(self, frames: Tensor, scale: int = 4) -> Tensor:
         """``frames``: ``[B, N, 3, H, W]`` (or ``[N, 3, H, W]``) -> ``[B, N - 2r, 3, sH, sW]`` (or unbatched)."""
