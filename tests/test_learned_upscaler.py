@@ -712,3 +712,42 @@ def test_image_model_retries_with_smaller_tiles_when_memory_runs_out():
     assert up.shape == (1, 200, 300, 3) and seen[0] > 64 and max(seen[-3:]) <= 64
     with pytest.raises(torch.OutOfMemoryError):
         image_model_upscaler(lambda x: (_ for _ in ()).throw(torch.OutOfMemoryError("always")), 2, 2, tile=64)(frames)
+
+
+def test_structure_drawings_are_sharp_thin_detail_and_reproducible():
+    """The drawings added by --synthetic: the same seed gives the same picture, another seed another one;
+    they carry far more fine detail than a smooth background (thin lines and text)."""
+    import cv2
+
+    from vsr_core.synthetic import structures_image
+
+    a, b = structures_image(3, 192, 256), structures_image(3, 192, 256)
+    assert a.shape == (192, 256, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, structures_image(4, 192, 256))
+    grey = a.astype(np.float32).mean(2)
+    background = smooth_texture(192, 256, seed=3, octaves=3).astype(np.float32).mean(2)
+    detail = np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean()
+    assert detail > 5 * np.abs(cv2.Laplacian(background, cv2.CV_32F)).mean()
+    # thin strokes: many pixels where the grey level jumps by more than 40 in one pixel
+    assert (np.abs(np.diff(grey, axis=1)) > 40).mean() > 0.005
+
+
+def test_training_with_drawings_records_them_and_keeps_them_a_resumable_setting(tmp_path):
+    import cv2
+
+    import vsr_core.training.upscaler as tr
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "tex0.png"), smooth_texture(160, 200, seed=0, octaves=6))
+    common = dict(images=str(images), workdir=str(tmp_path / "run"), batch=2, lr_patch=16, channels=8, blocks=1,
+                  warmup=1, save_every=2, fetch=False, eval_frames=5)
+    report = tr.train(tr.TrainConfig(steps=2, synthetic=2, **common), progress=False)
+    assert report["train_images"] == ["tex0.png", "structures_0", "structures_1"]
+    assert report["config"]["synthetic"] == 2
+    with pytest.raises(ValueError, match="synthetic"):  # resuming must keep the drawings
+        tr.train(tr.TrainConfig(steps=4, **common), progress=False)
+    from vsr_core.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-upscaler", "--images", str(images), "--workdir", str(tmp_path / "other"), "--synthetic", "x"])

@@ -123,18 +123,20 @@ class TemporalWindowAttention(nn.Module):
             m = part.shape[0]
             kv = _pointwise(part.flatten(0, 1), w_kv, b_kv, p).view(m, n, hd, hk + hv, h + 2 * p, w + 2 * p)
             q = _pointwise(part[:, r:n - r].flatten(0, 1), w_q, b_q, 0).view(m, n - 2 * r, hd, hk, h, w)
+            # per-frame keys and values (views; in training their gradients are gathered by one stack and
+            # one cat, and a shifted view's gradient is one frame's size, not the whole buffer's)
+            ks, vs = zip(*(f.split([hk, hv], 2) for f in kv.unbind(1)))
             for i in range(n - 2 * r):
                 qi = q[:, i]
                 if grad:
-                    logits = torch.stack([(qi * kv[:, i + j, :, :hk, dy:dy + h, dx:dx + w]).sum(2)
-                                          for j, dy, dx in keys])
+                    logits = torch.stack([(qi * ks[i + j][..., dy:dy + h, dx:dx + w]).sum(2) for j, dy, dx in keys])
                 else:  # each key's scores written straight into one buffer, no stacking copy
                     logits = qi.new_empty(len(keys), m, hd, h, w)
                     for k, (j, dy, dx) in enumerate(keys):
-                        torch.sum(qi * kv[:, i + j, :, :hk, dy:dy + h, dx:dx + w], 2, out=logits[k])
+                        torch.sum(qi * ks[i + j][..., dy:dy + h, dx:dx + w], 2, out=logits[k])
                 # in float32 (bf16's softmax rounds by where a pixel falls in the vector loop: chunks differ)
                 attn = logits.softmax(0, dtype=torch.float32).to(logits.dtype).unsqueeze(3)  # [keys, m, hd, 1, H, W]
-                values = [kv[:, i + j, :, hk:, dy:dy + h, dx:dx + w] for j, dy, dx in keys]
+                values = [vs[i + j][..., dy:dy + h, dx:dx + w] for j, dy, dx in keys]
                 if grad:
                     acc = attn[0] * values[0]
                     for k in range(1, len(keys)):
@@ -157,6 +159,8 @@ def _pointwise(x: Tensor, weight: Tensor, bias: Tensor, pad: int) -> Tensor:
     bias = bias.to(y.dtype).view(-1, 1, 1)
     if not pad:
         return y + bias
+    if torch.is_grad_enabled():  # training: F.pad's gradient is one pass, the in-place copies' are not
+        return F.pad(y + bias, (pad,) * 4, mode="replicate")
     out = y.new_empty(m, y.shape[1], h + 2 * pad, w + 2 * pad)
     inner = out[:, :, pad:pad + h, pad:pad + w]
     if torch.is_grad_enabled():

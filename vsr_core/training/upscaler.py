@@ -51,6 +51,7 @@ class TrainConfig:
     threads: int = 0
     precision: str = "fp32"  # "bf16": the forward pass under CPU autocast (weights and optimiser stay fp32)
     loss: str = "charbonnier"  # or "mse"
+    synthetic: int = 0  # drawings of man-made structure added to the photographs (synthetic.structures_image)
     eval_frames: int = 16
 
     @property
@@ -106,7 +107,7 @@ def export_file(path: Path, write, on_exists: str = "error") -> Path:
 
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
     keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "channels",
-            "blocks", "radius", "window", "align", "flow_preset", "init", "precision", "loss")
+            "blocks", "radius", "window", "align", "flow_preset", "init", "precision", "loss", "synthetic")
     was = {k: saved["config"].get(k, getattr(TrainConfig, k)) for k in keep}  # a key added later: its default
     diff = {k: (was[k], getattr(cfg, k)) for k in keep if was[k] != getattr(cfg, k)}
     if diff:
@@ -186,6 +187,12 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
     held_names = [n for n in HELDOUT_IMAGES if n in available]
     train_images = load_images(image_dir, train_names)
     held_images = load_images(image_dir, held_names) if held_names else {}
+    if cfg.synthetic:
+        from ..synthetic import structures_image
+
+        drawn = {f"structures_{i}": structures_image(i) for i in range(cfg.synthetic)}
+        train_images.update(drawn)
+        train_names = train_names + list(drawn)
 
     torch.manual_seed(cfg.seed)
     model = VideoUpscaler(cfg.model_config())
@@ -295,6 +302,9 @@ def add_arguments(p) -> None:
                    help="bf16: train the forward pass under autocast (about 1.4x faster on a CPU with AVX512-BF16)")
     p.add_argument("--loss", default=d.loss, choices=tuple(LOSSES),
                    help="training loss: charbonnier (robust, the earlier stages) or mse (what PSNR measures)")
+    p.add_argument("--synthetic", type=int, default=d.synthetic,
+                   help="add this many drawings of man-made structure (thin lines, trusses, text; made here, "
+                        "vsr_core.synthetic.structures_image seeds 0..N-1) to the training photographs")
     p.add_argument("--eval-frames", dest="eval_frames", type=int, default=d.eval_frames)
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in the work directory")
 
