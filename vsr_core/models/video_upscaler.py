@@ -162,11 +162,7 @@ def _pointwise(x: Tensor, weight: Tensor, bias: Tensor, pad: int) -> Tensor:
     if torch.is_grad_enabled():  # training: F.pad's gradient is one pass, the in-place copies' are not
         return F.pad(y + bias, (pad,) * 4, mode="replicate")
     out = y.new_empty(m, y.shape[1], h + 2 * pad, w + 2 * pad)
-    inner = out[:, :, pad:pad + h, pad:pad + w]
-    if torch.is_grad_enabled():
-        inner.copy_(y + bias)
-    else:
-        torch.add(y, bias, out=inner)
+    torch.add(y, bias, out=out[:, :, pad:pad + h, pad:pad + w])
     out[:, :, :pad, pad:pad + w] = out[:, :, pad:pad + 1, pad:pad + w]
     out[:, :, pad + h:, pad:pad + w] = out[:, :, pad + h - 1:pad + h, pad:pad + w]
     out[:, :, :, :pad] = out[:, :, :, pad:pad + 1]
