@@ -420,16 +420,21 @@ def test_training_script_trains_resumes_and_exports(tmp_path):
     assert torch.equal(a[0], (a[0] * 255).round() / 255)  # 8-bit like a real video
 
 
-def test_bf16_training_learns_and_is_part_of_the_resumable_settings(tmp_path):
+def _one_texture_run(tmp_path):
+    """A folder with one textured image and the TrainConfig settings of a tiny 2-step run on it."""
     import cv2
-
-    import vsr_core.training.upscaler as tr
 
     images = tmp_path / "images"
     images.mkdir()
     cv2.imwrite(str(images / "tex0.png"), smooth_texture(160, 200, seed=0, octaves=6))
-    common = dict(images=str(images), workdir=str(tmp_path / "run"), batch=2, lr_patch=16, channels=8, blocks=1,
-                  warmup=1, save_every=2, fetch=False, eval_frames=5)
+    return images, dict(images=str(images), workdir=str(tmp_path / "run"), batch=2, lr_patch=16, channels=8,
+                        blocks=1, warmup=1, save_every=2, fetch=False, eval_frames=5)
+
+
+def test_bf16_training_learns_and_is_part_of_the_resumable_settings(tmp_path):
+    import vsr_core.training.upscaler as tr
+
+    _, common = _one_texture_run(tmp_path)
     tr.train(tr.TrainConfig(steps=2, precision="bf16", **common), progress=False)
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert saved["config"]["precision"] == "bf16" and all(np.isfinite(saved["losses"]))
@@ -447,17 +452,11 @@ def test_bf16_training_learns_and_is_part_of_the_resumable_settings(tmp_path):
 
 
 def test_mse_training_minimises_the_squared_error_and_is_part_of_the_resumable_settings(tmp_path):
-    import cv2
-
     import vsr_core.training.upscaler as tr
     from vsr_core.loaders.video_upscaler import read_metadata
     from vsr_core.training.data import WindowSampler, load_images
 
-    images = tmp_path / "images"
-    images.mkdir()
-    cv2.imwrite(str(images / "tex0.png"), smooth_texture(160, 200, seed=0, octaves=6))
-    common = dict(images=str(images), workdir=str(tmp_path / "run"), batch=2, lr_patch=16, channels=8, blocks=1,
-                  warmup=1, save_every=2, fetch=False, eval_frames=5)
+    images, common = _one_texture_run(tmp_path)
     tr.train(tr.TrainConfig(steps=2, loss="mse", **common), progress=False)
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     # the first step's loss is the mean squared error of the starting model on that step's batch
@@ -733,15 +732,9 @@ def test_structure_drawings_are_sharp_thin_detail_and_reproducible():
 
 
 def test_training_with_drawings_records_them_and_keeps_them_a_resumable_setting(tmp_path):
-    import cv2
-
     import vsr_core.training.upscaler as tr
 
-    images = tmp_path / "images"
-    images.mkdir()
-    cv2.imwrite(str(images / "tex0.png"), smooth_texture(160, 200, seed=0, octaves=6))
-    common = dict(images=str(images), workdir=str(tmp_path / "run"), batch=2, lr_patch=16, channels=8, blocks=1,
-                  warmup=1, save_every=2, fetch=False, eval_frames=5)
+    images, common = _one_texture_run(tmp_path)
     report = tr.train(tr.TrainConfig(steps=2, synthetic=2, **common), progress=False)
     assert report["train_images"] == ["tex0.png", "structures_0", "structures_1"]
     assert report["config"]["synthetic"] == 2
