@@ -114,11 +114,8 @@ _MEMBERS = {
         "libjxl", "usr/share/libjxl-testdata/external/wesaturate/500px/tmshre_riaphotographs_srgb8.png"),
     "libjxl_u76c0g_bliznaca_srgb8.png": (
         "libjxl", "usr/share/libjxl-testdata/external/wesaturate/500px/u76c0g_bliznaca_srgb8.png"),
-    **{f"lomiri16_{stem}{'.jpg' if stem == 'Picture_1A_by_freespace' else '_area.png'}": (
-        "lomiri16", f"usr/share/backgrounds/{stem}.jpg") for stem in (
-        "Picture_0B_by_freespace", "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
-        "friends_by_Aitzol_Berasategi", "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
-        "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")},
+    **{name: ("lomiri16", "usr/share/backgrounds/" + name.removeprefix("lomiri16_").replace("_area.png", ".jpg"))
+       for name in TRAIN_IMAGES if name.startswith("lomiri16_")},
     "scribus_moon.jpg": ("scribus", "usr/share/scribus/templates/br2/moon.jpg"),
     "scribus_sunset.jpg": ("scribus", "usr/share/scribus/templates/br2/sunset.jpg"),
 }
@@ -155,12 +152,17 @@ def _image_bytes(name: str, raw: bytes) -> bytes:
         return raw
     import bz2
 
-    import cv2
-
     if member.endswith("ascent.dat"):
         img = np.asarray(_PlainUnpickler(io.BytesIO(raw)).load(), dtype=np.uint8).reshape(512, 512)
     else:
         img = np.frombuffer(bz2.decompress(raw), np.uint8).reshape(768, 1024, 3)[..., ::-1]
+    return _png_bytes(name, img)
+
+
+def _png_bytes(name: str, img: np.ndarray) -> bytes:
+    """``img`` (OpenCV channel order) as a PNG file's bytes."""
+    import cv2
+
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
     if not ok:
         raise RuntimeError(f"could not encode {name}")
@@ -178,10 +180,7 @@ def _area_reduced_png(name: str, raw: bytes) -> bytes:
     f = AREA_SHORT_SIDE / min(h, w)
     if f < 1:
         img = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError(f"could not encode {name}")
-    return buf.tobytes()
+    return _png_bytes(name, img)
 
 
 def download_deb(cache: Path, key: str, mirrors=DEB_MIRRORS) -> Path:
