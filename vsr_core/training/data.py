@@ -211,9 +211,10 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def _image_bytes(name: str, raw: bytes) -> bytes:
-    """The file to write for ``name`` from its member's bytes: as stored, except scipy's .dat files, which
-    become lossless PNGs: face.dat is bz2-compressed raw RGB (768 x 1024 x 3), ascent.dat a pickled list
-    of 512 rows of 512 grey levels (read without allowing any class or function in it)."""
+    """The file to write for ``name`` from its member's bytes: as stored, except that "*_area.png" files are
+    area-reduced (``_area_reduced_png``), WebP members and scipy's .dat files become lossless PNGs: face.dat
+    is bz2-compressed raw RGB (768 x 1024 x 3), ascent.dat a pickled list of 512 rows of 512 grey levels
+    (read without allowing any class or function in it)."""
     member = image_source(name)[1]
     if name.endswith("_area.png"):
         return _area_reduced_png(name, raw)
