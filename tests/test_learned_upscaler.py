@@ -202,6 +202,25 @@ def test_spatial_tiles_equal_one_pass(align, precision):
     assert torch.allclose(whole, tiled, atol=1e-5)
 
 
+def test_memory_of_a_chunk_grows_only_by_its_windows_and_output():
+    """The network takes one centre's window at a time: a chunk of more frames holds more aligned windows and
+    more output, not the features of every window at once (which took 5.7x one window's input features per
+    centre before, several hundred MB per chunk at 320x180)."""
+    from vsr_core.memory import count_activation_peak
+
+    m = _tiny(align="dis", channels=16, attn_channels=8)
+    fn = LearnedUpscaler(m, 4, precision="fp32")
+    h, w, k = 40, 48, 2 * m.radius + 1
+
+    def peak(centres):
+        frames = torch.rand(centres + k - 1, h, w, 3)
+        return count_activation_peak(lambda: fn(frames), m, frames)
+
+    per_centre = (k * 5 * h * w + 16 * h * w * 3) * 4  # its aligned window (RGB + phase) and its x4 output
+    assert (peak(8) - peak(2)) / 6 <= 1.1 * per_centre
+    assert peak(1) >= k * 16 * h * w * 4  # the count sees one window's features
+
+
 def test_auto_precision_takes_bf16_only_where_a_probe_finds_it_faster(monkeypatch):
     from vsr_core import speed
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -101,10 +101,14 @@ class TemporalWindowAttention(nn.Module):
     # Windows attended together: the per-key products stay in the CPU's caches (~3 MB of scores per pass).
     pixels_per_pass = 1 << 16
 
-    def forward(self, feat: Tensor) -> Tensor:
-        """``feat``: ``[B, N, C, H, W]`` features of consecutive frames -> ``[B, N - 2r, C, H, W]`` (centres)."""
+    def forward(self, feat: Tensor | Sequence[Tensor]) -> Tensor:
+        """``feat``: ``[B, N, C, H, W]`` features of consecutive frames, or the ``N`` frames' ``[B, C, H, W]``
+        as a sequence -> ``[B, N - 2r, C, H, W]`` (centres). Keys and values are projected frame by frame,
+        so no buffer holds all ``N`` frames (each stays small enough for the C heap to reuse)."""
+        frames = feat.unbind(1) if isinstance(feat, Tensor) else tuple(feat)
         r, win, hd = self.radius, self.window, self.heads
-        b, n, c, h, w = feat.shape
+        n = len(frames)
+        b, c, h, w = frames[0].shape
         if n <= 2 * r:
             raise ValueError(f"need more than {2 * r} frames for a temporal window of radius {r}, got {n}")
         hk, hv, p = self.to_k.out_channels // hd, c // hd, win // 2
@@ -116,18 +120,15 @@ class TemporalWindowAttention(nn.Module):
         # values; unfolding them instead would copy every feature window**2 times (memory-bound, ~10x slower).
         keys = [(j, dy, dx) for j in range(2 * r + 1) for dy in range(win) for dx in range(win)]
         grad = torch.is_grad_enabled()
-        out = feat.new_empty(b, n - 2 * r, hd, hv, h, w)
+        out = frames[0].new_empty(b, n - 2 * r, hd, hv, h, w)
         step = max(1, self.pixels_per_pass // (h * w))
         for b0 in range(0, b, step):
-            part = feat[b0:b0 + step]
-            m = part.shape[0]
-            kv = _pointwise(part.flatten(0, 1), w_kv, b_kv, p).view(m, n, hd, hk + hv, h + 2 * p, w + 2 * p)
-            q = _pointwise(part[:, r:n - r].flatten(0, 1), w_q, b_q, 0).view(m, n - 2 * r, hd, hk, h, w)
-            # per-frame keys and values (views; in training their gradients are gathered by one stack and
-            # one cat, and a shifted view's gradient is one frame's size, not the whole buffer's)
-            ks, vs = zip(*(f.split([hk, hv], 2) for f in kv.unbind(1)))
+            part = [f[b0:b0 + step] for f in frames]
+            m = part[0].shape[0]
+            kv = [_pointwise(f, w_kv, b_kv, p).view(m, hd, hk + hv, h + 2 * p, w + 2 * p) for f in part]
+            ks, vs = zip(*(f.split([hk, hv], 2) for f in kv))
             for i in range(n - 2 * r):
-                qi = q[:, i]
+                qi = _pointwise(part[r + i], w_q, b_q, 0).view(m, hd, hk, h, w)
                 if grad:
                     logits = torch.stack([(qi * ks[i + j][..., dy:dy + h, dx:dx + w]).sum(2) for j, dy, dx in keys])
                 else:  # each key's scores written straight into one buffer, no stacking copy
@@ -281,8 +282,9 @@ class VideoUpscaler(nn.Module):
         m, k = windows.shape[:2]
         region = torch.autocast(windows.device.type, autocast) if autocast is not None else contextlib.nullcontext()
         with region:
-            feat = F.leaky_relu(self.conv_in(windows.flatten(0, 1)), 0.1, inplace=True).unflatten(0, (m, k))
-            x = self.fuse(torch.cat([feat[:, r], self.attn(feat)[:, 0]], 1))
+            # frame by frame: no buffer holds all 2r + 1 frames' features (see TemporalWindowAttention.forward)
+            feat = [F.leaky_relu(self.conv_in(windows[:, j]), 0.1, inplace=True) for j in range(k)]
+            x = self.fuse(torch.cat([feat[r], self.attn(feat)[:, 0]], 1))
             x = self.body_out(self.body(x)).add_(x)
             residual = self.heads[f"x{scale}"](x)
         base = F.interpolate(windows[:, r, :3], scale_factor=scale, mode="bicubic", align_corners=False)
