@@ -279,11 +279,10 @@ class VideoUpscaler(nn.Module):
         if f"x{scale}" not in self.heads:
             raise ValueError(f"this upscaler has no x{scale} head (it has {list(self.config.scales)})")
         r = self.radius
-        m, k = windows.shape[:2]
         region = torch.autocast(windows.device.type, autocast) if autocast is not None else contextlib.nullcontext()
         with region:
             # frame by frame: no buffer holds all 2r + 1 frames' features (see TemporalWindowAttention.forward)
-            feat = [F.leaky_relu(self.conv_in(windows[:, j]), 0.1, inplace=True) for j in range(k)]
+            feat = [F.leaky_relu(self.conv_in(f), 0.1, inplace=True) for f in windows.unbind(1)]
             x = self.fuse(torch.cat([feat[r], self.attn(feat)[:, 0]], 1))
             x = self.body_out(self.body(x)).add_(x)
             residual = self.heads[f"x{scale}"](x)
