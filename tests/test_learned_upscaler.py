@@ -551,6 +551,34 @@ def test_window_sampler_centre_is_the_truth_of_its_low_res_frame():
     assert (lr[:, 0] - lr[:, 2]).abs().mean() > 0  # neighbours are other views
 
 
+def test_window_sampler_camera_zooms_and_turns_as_far_as_asked():
+    from vsr_core.training.data import WindowSampler
+
+    img = smooth_texture(300, 300, seed=1, octaves=6)
+    still = WindowSampler({"t": img}, lr_patch=24, max_motion=0.0, max_zoom=0.0, max_rotation=0.0)
+    lr, _ = still.batch(0, 4, 4)
+    assert torch.equal(lr[:, 0], lr[:, 2]) and torch.equal(lr[:, 4], lr[:, 2])  # no motion: the same view
+    for kw in ({"max_zoom": 0.05, "max_rotation": 0.0}, {"max_zoom": 0.0, "max_rotation": 2.0}):
+        lr, _ = WindowSampler({"t": img}, lr_patch=24, max_motion=0.0, **kw).batch(0, 4, 4)
+        near, far = (lr[:, 1] - lr[:, 2]).abs().mean(), (lr[:, 0] - lr[:, 2]).abs().mean()
+        assert 0 < near < far, kw  # the view drifts further from the centre frame by frame
+    for bad in ({"max_zoom": 1.5}, {"max_rotation": -1.0}, {"resample": 2.0}):
+        with pytest.raises(ValueError, match="camera: max_zoom"):
+            WindowSampler({"t": img}, lr_patch=24, **bad)
+
+
+def test_window_sampler_resample_sees_the_whole_clip_through_a_resampled_view():
+    from vsr_core.training.data import WindowSampler
+
+    noise = np.random.default_rng(0).integers(0, 256, size=(120, 120, 3), dtype=np.uint8)  # too small to be reduced
+    still = {"max_motion": 0.0, "max_zoom": 0.0, "max_rotation": 0.0}
+    lr, hr = WindowSampler({"n": noise}, lr_patch=16, **still).batch(0, 4, 4)
+    assert abs(hr.std().item() * 255 - noise.std()) < 3  # the photograph's own pixels
+    lr, hr = WindowSampler({"n": noise}, lr_patch=16, resample=1.0, **still).batch(0, 4, 4)
+    assert hr.std().item() * 255 < 0.9 * noise.std()  # interpolated: sub-pixel views of noise are smoother
+    assert torch.equal(lr[:, 0], lr[:, 2])  # one view for the whole clip: a still camera stays still
+
+
 def _fake_deb(path: Path, files: dict[str, bytes], data_name: str = "data.tar.xz") -> bytes:
     """A Debian package laid out like a real one (an ``ar`` archive: debian-binary, control.tar.xz and
     ``data_name`` holding ``files`` under "./"), written to ``path``; returns its bytes."""

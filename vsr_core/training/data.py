@@ -530,16 +530,26 @@ class WindowSampler:
     A sample is a crop of a photograph (randomly flipped, transposed, colour-permuted and, for
     greyscale sources, tinted, at a random scale <= 1 so the truth stays sharp; nearly flat crops are
     drawn again) filmed by a camera that
-    moves up to ``max_motion`` low-resolution pixels per frame, zooms and rotates slightly. The centre
-    frame is an integer-aligned crop (pristine truth); its neighbours are resampled sub-pixel views.
+    moves up to ``max_motion`` low-resolution pixels per frame, zooms by up to ``max_zoom`` (a fraction)
+    and rotates by up to ``max_rotation`` degrees per frame. The centre
+    frame is an integer-aligned crop (pristine truth); its neighbours are resampled sub-pixel views. With
+    probability ``resample`` the whole clip, centre included, is instead seen through a view turned by up
+    to 5 degrees, magnified 0.9-1.1 times and shifted by a sub-pixel amount (bicubic resampling, as in
+    footage that was scaled, stabilised or rotated, and in the clips ``render_views`` makes).
     Batches depend only on ``(seed, step)``, so a resumed run sees the data it would have seen.
     """
 
     def __init__(self, images: dict[str, np.ndarray], radius: int = 2, lr_patch: int = 48,
-                 max_motion: float = 3.0, degradation: str = "bicubic", seed: int = 0):
+                 max_motion: float = 3.0, degradation: str = "bicubic", seed: int = 0,
+                 max_zoom: float = 0.01, max_rotation: float = 0.5, resample: float = 0.0):
         import cv2
 
         self.radius, self.lr_patch, self.max_motion, self.seed = radius, lr_patch, max_motion, seed
+        if not 0 <= max_zoom < 0.2 or not 0 <= max_rotation <= 10 or not 0 <= resample <= 1:
+            raise ValueError(f"camera: max_zoom {max_zoom} (a fraction per frame: give 0 to 0.2), max_rotation "
+                             f"{max_rotation} (degrees per frame: 0 to 10), resample {resample} (a fraction "
+                             "of the clips: 0 to 1)")
+        self.max_zoom, self.max_rotation, self.resample = max_zoom, max_rotation, resample
         self.degrade = Degradation(degradation)
         self.sources: list[np.ndarray] = []
         for img in images.values():
@@ -567,13 +577,18 @@ class WindowSampler:
         r, T = self.radius, 2 * self.radius + 1
         H, W = src.shape[:2]
         ang = rng.uniform(0, 2 * math.pi)
-        zoom = rng.uniform(-0.01, 0.01)
-        rot = rng.uniform(-0.5, 0.5)
+        zoom = rng.uniform(-self.max_zoom, self.max_zoom)
+        rot = rng.uniform(-self.max_rotation, self.max_rotation)
         speed = rng.uniform(0, self.max_motion) * scale  # HR pixels per frame
-        reach = int(math.ceil(r * speed + P * (r * abs(zoom) + r * 0.01) + 2))
+        turn = max(0.01, math.radians(abs(rot)))  # how far a rotation moves the patch's corners, per pixel
+        view = None  # the centre frame: the source's own pixels, or (resample) a resampled view of them
+        if self.resample > 0 and rng.random() < self.resample:
+            view = (rng.uniform(-5.0, 5.0), rng.uniform(0.9, 1.1), rng.uniform(0.0, 1.0, size=2))
+        extra = 0 if view is None else int(math.ceil(P * (math.radians(abs(view[0])) + abs(1 / view[1] - 1)) + 1))
+        reach = int(math.ceil(r * speed + P * (r * abs(zoom) + r * turn) + 2)) + extra
         if P + 2 * reach > min(H, W):  # a small source: slow the camera down to fit
-            reach = max(2, (min(H, W) - P) // 2)
-            speed = max(0.0, (reach - 2 - P * r * (abs(zoom) + 0.01)) / max(r, 1))
+            reach = max(2 + extra, (min(H, W) - P) // 2)
+            speed = max(0.0, (reach - extra - 2 - P * r * (abs(zoom) + turn)) / max(r, 1))
         v = np.array([math.cos(ang), math.sin(ang)]) * speed
         S = P + 2 * reach
         y0, x0 = int(rng.integers(0, H - S + 1)), int(rng.integers(0, W - S + 1))
@@ -590,12 +605,13 @@ class WindowSampler:
         frames = []
         for k in range(T):
             d = k - r
-            if d == 0:
+            if d == 0 and view is None:
                 frames.append(sub[reach:reach + P, reach:reach + P])
                 continue
-            m = cv2.getRotationMatrix2D((P / 2.0, P / 2.0), rot * d, 1.0 / (1.0 + zoom * d))
-            m[0, 2] += reach + v[0] * d
-            m[1, 2] += reach + v[1] * d
+            angle, mag, off = (0.0, 1.0, (0.0, 0.0)) if view is None else view
+            m = cv2.getRotationMatrix2D((P / 2.0, P / 2.0), angle + rot * d, 1.0 / (mag * (1.0 + zoom * d)))
+            m[0, 2] += reach + v[0] * d + off[0]
+            m[1, 2] += reach + v[1] * d + off[1]
             frames.append(cv2.warpAffine(sub, m, (P, P), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                                          borderMode=cv2.BORDER_REFLECT101))
         hr = torch.from_numpy(np.stack(frames)).float() / 255

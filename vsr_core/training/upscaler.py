@@ -39,6 +39,9 @@ class TrainConfig:
     seed: int = 0
     degradation: str = "bicubic"
     max_motion: float = 3.0
+    max_zoom: float = 0.01  # the camera's largest zoom per frame (a fraction)
+    max_rotation: float = 0.5  # and rotation per frame (degrees)
+    resample: float = 0.0  # the fraction of clips seen through a resampled (turned, scaled, shifted) view
     save_every: int = 100
     channels: int = 32
     blocks: int = 6
@@ -106,7 +109,8 @@ def export_file(path: Path, write, on_exists: str = "error") -> Path:
 
 
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
-    keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "channels",
+    keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "max_zoom",
+            "max_rotation", "resample", "channels",
             "blocks", "radius", "window", "align", "flow_preset", "init", "precision", "loss", "synthetic")
     was = {k: saved["config"].get(k, getattr(TrainConfig, k)) for k in keep}  # a key added later: its default
     diff = {k: (was[k], getattr(cfg, k)) for k in keep if was[k] != getattr(cfg, k)}
@@ -208,7 +212,8 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
         step, losses = saved["step"], list(saved["losses"])
         print(f"resuming from step {step} ({ckpt_path})")
     loss_fn = LOSSES[cfg.loss]
-    sampler = WindowSampler(train_images, cfg.radius, cfg.lr_patch, cfg.max_motion, cfg.degradation, cfg.seed)
+    sampler = WindowSampler(train_images, cfg.radius, cfg.lr_patch, cfg.max_motion, cfg.degradation, cfg.seed,
+                            cfg.max_zoom, cfg.max_rotation, cfg.resample)
 
     bar = None
     if progress:
@@ -286,6 +291,13 @@ def add_arguments(p) -> None:
     p.add_argument("--degradation", default=d.degradation, choices=("bicubic", "mix"))
     p.add_argument("--max-motion", dest="max_motion", type=float, default=d.max_motion,
                    help="largest camera motion, LR pixels per frame")
+    p.add_argument("--max-zoom", dest="max_zoom", type=float, default=d.max_zoom,
+                   help="largest camera zoom per frame, a fraction (0.01 = 1%%)")
+    p.add_argument("--max-rotation", dest="max_rotation", type=float, default=d.max_rotation,
+                   help="largest camera rotation per frame, degrees")
+    p.add_argument("--resample", type=float, default=d.resample,
+                   help="fraction of training clips whose truth is a resampled view (turned up to 5 degrees, "
+                        "magnified 0.9-1.1x, shifted sub-pixel) rather than the photograph's own pixel grid")
     p.add_argument("--save-every", dest="save_every", type=int, default=d.save_every)
     p.add_argument("--channels", type=int, default=d.channels)
     p.add_argument("--blocks", type=int, default=d.blocks)
