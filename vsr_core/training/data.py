@@ -581,10 +581,11 @@ class WindowSampler:
         rot = rng.uniform(-self.max_rotation, self.max_rotation)
         speed = rng.uniform(0, self.max_motion) * scale  # HR pixels per frame
         turn = max(0.01, math.radians(abs(rot)))  # how far a rotation moves the patch's corners, per pixel
-        view = None  # the centre frame: the source's own pixels, or (resample) a resampled view of them
+        # the whole clip's view: the centre frame is the source's own pixels, or (resample) a resampled view
+        own, angle, mag, off, extra = True, 0.0, 1.0, (0.0, 0.0), 0
         if self.resample > 0 and rng.random() < self.resample:
-            view = (rng.uniform(-5.0, 5.0), rng.uniform(0.9, 1.1), rng.uniform(0.0, 1.0, size=2))
-        extra = 0 if view is None else int(math.ceil(P * (math.radians(abs(view[0])) + abs(1 / view[1] - 1)) + 1))
+            own, angle, mag, off = False, rng.uniform(-5.0, 5.0), rng.uniform(0.9, 1.1), rng.uniform(0.0, 1.0, size=2)
+            extra = int(math.ceil(P * (math.radians(abs(angle)) + abs(1 / mag - 1)) + 1))
         reach = int(math.ceil(r * speed + P * (r * abs(zoom) + r * turn) + 2)) + extra
         if P + 2 * reach > min(H, W):  # a small source: slow the camera down to fit
             reach = max(2 + extra, (min(H, W) - P) // 2)
@@ -605,10 +606,9 @@ class WindowSampler:
         frames = []
         for k in range(T):
             d = k - r
-            if d == 0 and view is None:
+            if d == 0 and own:
                 frames.append(sub[reach:reach + P, reach:reach + P])
                 continue
-            angle, mag, off = (0.0, 1.0, (0.0, 0.0)) if view is None else view
             m = cv2.getRotationMatrix2D((P / 2.0, P / 2.0), angle + rot * d, 1.0 / (mag * (1.0 + zoom * d)))
             m[0, 2] += reach + v[0] * d + off[0]
             m[1, 2] += reach + v[1] * d + off[1]

@@ -110,8 +110,8 @@ def export_file(path: Path, write, on_exists: str = "error") -> Path:
 
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
     keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "max_zoom",
-            "max_rotation", "resample", "channels",
-            "blocks", "radius", "window", "align", "flow_preset", "init", "precision", "loss", "synthetic")
+            "max_rotation", "resample", "channels", "blocks", "radius", "window", "align", "flow_preset", "init",
+            "precision", "loss", "synthetic")
     was = {k: saved["config"].get(k, getattr(TrainConfig, k)) for k in keep}  # a key added later: its default
     diff = {k: (was[k], getattr(cfg, k)) for k in keep if was[k] != getattr(cfg, k)}
     if diff:
