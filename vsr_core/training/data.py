@@ -570,8 +570,6 @@ class WindowSampler:
         return lr, hr
 
     def _draw(self, rng: np.random.Generator, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-        import cv2
-
         src = self.sources[rng.integers(len(self.sources))]
         P = self.lr_patch * scale
         r, T = self.radius, 2 * self.radius + 1
@@ -603,17 +601,12 @@ class WindowSampler:
         sub = np.ascontiguousarray(sub[..., rng.permutation(3)])
         if np.array_equal(sub[..., 0], sub[..., 1]) and np.array_equal(sub[..., 1], sub[..., 2]):
             sub = np.clip(sub * rng.uniform(0.6, 1.0, size=3), 0, 255).astype(np.uint8)
-        frames = []
-        for k in range(T):
-            d = k - r
-            if d == 0 and own:
-                frames.append(sub[reach:reach + P, reach:reach + P])
-                continue
-            m = cv2.getRotationMatrix2D((P / 2.0, P / 2.0), angle + rot * d, 1.0 / (mag * (1.0 + zoom * d)))
-            m[0, 2] += reach + v[0] * d + off[0]
-            m[1, 2] += reach + v[1] * d + off[1]
-            frames.append(cv2.warpAffine(sub, m, (P, P), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                                         borderMode=cv2.BORDER_REFLECT101))
+        # frame d's camera (dx, dy, zoom, angle) about the crop's centre; an own-pixel centre frame is not resampled
+        steps = [d for d in range(-r, r + 1) if d or not own]
+        path = np.array([[v[0] * d + off[0], v[1] * d + off[1], mag * (1.0 + zoom * d), angle + rot * d] for d in steps])
+        frames = list(render_views(sub, (P, P), path))
+        if own:
+            frames.insert(r, sub[reach:reach + P, reach:reach + P])
         hr = torch.from_numpy(np.stack(frames)).float() / 255
         lr = self.degrade(hr, scale, rng)
         return lr.permute(0, 3, 1, 2), hr[r].permute(2, 0, 1)
