@@ -572,7 +572,7 @@ class WindowSampler:
     def _draw(self, rng: np.random.Generator, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
         src = self.sources[rng.integers(len(self.sources))]
         P = self.lr_patch * scale
-        r, T = self.radius, 2 * self.radius + 1
+        r = self.radius
         H, W = src.shape[:2]
         ang = rng.uniform(0, 2 * math.pi)
         zoom = rng.uniform(-self.max_zoom, self.max_zoom)

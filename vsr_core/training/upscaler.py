@@ -213,7 +213,7 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
         print(f"resuming from step {step} ({ckpt_path})")
     loss_fn = LOSSES[cfg.loss]
     sampler = WindowSampler(train_images, cfg.radius, cfg.lr_patch, cfg.max_motion, cfg.degradation, cfg.seed,
-                            cfg.max_zoom, cfg.max_rotation, cfg.resample)
+                            max_zoom=cfg.max_zoom, max_rotation=cfg.max_rotation, resample=cfg.resample)
 
     bar = None
     if progress:
