@@ -103,8 +103,8 @@ class TemporalWindowAttention(nn.Module):
 
     def forward(self, feat: Tensor | Sequence[Tensor]) -> Tensor:
         """``feat``: ``[B, N, C, H, W]`` features of consecutive frames, or the ``N`` frames' ``[B, C, H, W]``
-        as a sequence -> ``[B, N - 2r, C, H, W]`` (centres). Keys and values are projected frame by frame,
-        so no buffer holds all ``N`` frames (each stays small enough for the C heap to reuse)."""
+        as a sequence -> ``[B, N - 2r, C, H, W]`` (centres). Keys and values are projected frame by frame
+        (into one kept buffer inside :meth:`reusing_buffers`)."""
         frames = feat.unbind(1) if isinstance(feat, Tensor) else tuple(feat)
         r, win, hd = self.radius, self.window, self.heads
         n = len(frames)
@@ -119,55 +119,102 @@ class TemporalWindowAttention(nn.Module):
         # A loop over the (frame, offset) pairs of the window reads shifted views of the padded keys and
         # values; unfolding them instead would copy every feature window**2 times (memory-bound, ~10x slower).
         keys = [(j, dy, dx) for j in range(2 * r + 1) for dy in range(win) for dx in range(win)]
-        grad = torch.is_grad_enabled()
         out = frames[0].new_empty(b, n - 2 * r, hd, hv, h, w)
         step = max(1, self.pixels_per_pass // (h * w))
+        attend = self._attend_train if torch.is_grad_enabled() else self._attend
         for b0 in range(0, b, step):
             part = [f[b0:b0 + step] for f in frames]
             m = part[0].shape[0]
-            kv = [_pointwise(f, w_kv, b_kv, p).view(m, hd, hk + hv, h + 2 * p, w + 2 * p) for f in part]
+            dests = [None] * n if torch.is_grad_enabled() else \
+                self._work("kv", (n, m, hd * (hk + hv), h + 2 * p, w + 2 * p), part[0]).unbind(0)
+            kv = [_pointwise(f, w_kv, b_kv, p, dest).view(m, hd, hk + hv, h + 2 * p, w + 2 * p)
+                  for f, dest in zip(part, dests)]
             ks, vs = zip(*(f.split([hk, hv], 2) for f in kv))
             for i in range(n - 2 * r):
                 qi = _pointwise(part[r + i], w_q, b_q, 0).view(m, hd, hk, h, w)
-                if grad:
-                    logits = torch.stack([(qi * ks[i + j][..., dy:dy + h, dx:dx + w]).sum(2) for j, dy, dx in keys])
-                else:  # each key's scores written straight into one buffer, no stacking copy
-                    logits = qi.new_empty(len(keys), m, hd, h, w)
-                    for k, (j, dy, dx) in enumerate(keys):
-                        torch.sum(qi * ks[i + j][..., dy:dy + h, dx:dx + w], 2, out=logits[k])
-                # in float32 (bf16's softmax rounds by where a pixel falls in the vector loop: chunks differ)
-                attn = logits.softmax(0, dtype=torch.float32).to(logits.dtype).unsqueeze(3)  # [keys, m, hd, 1, H, W]
-                values = [vs[i + j][..., dy:dy + h, dx:dx + w] for j, dy, dx in keys]
-                if grad:
-                    acc = attn[0] * values[0]
-                    for k in range(1, len(keys)):
-                        acc = acc.addcmul(attn[k], values[k])
-                    out[b0:b0 + step, i] = acc
-                else:  # in place in the output: no full-size temporary per key
-                    acc = torch.mul(attn[0], values[0], out=out[b0:b0 + step, i])
-                    for k in range(1, len(keys)):
-                        acc.addcmul_(attn[k], values[k])
+                attend(qi, ks[i:i + 2 * r + 1], vs[i:i + 2 * r + 1], keys, out[b0:b0 + step, i])
         return self.to_out(out.view(b * (n - 2 * r), c, h, w)).unflatten(0, (b, n - 2 * r))
 
+    @staticmethod
+    def _attend_train(q: Tensor, ks: Sequence[Tensor], vs: Sequence[Tensor], keys, out: Tensor) -> None:
+        """Out of place (autograd): ``out`` = the softmax over ``keys`` of ``q . k`` times ``v``."""
+        h, w = q.shape[-2:]
+        logits = torch.stack([(q * ks[j][..., dy:dy + h, dx:dx + w]).sum(2) for j, dy, dx in keys])
+        attn = logits.softmax(0, dtype=torch.float32).to(logits.dtype).unsqueeze(3)  # [keys, m, hd, 1, H, W]
+        acc = None
+        for k, (j, dy, dx) in enumerate(keys):
+            v = vs[j][..., dy:dy + h, dx:dx + w]
+            acc = attn[k] * v if acc is None else acc.addcmul(attn[k], v)
+        out.copy_(acc)
 
-def _pointwise(x: Tensor, weight: Tensor, bias: Tensor, pad: int) -> Tensor:
+    def _attend(self, q: Tensor, ks: Sequence[Tensor], vs: Sequence[Tensor], keys, out: Tensor) -> None:
+        """The same in place (inference): each key's scores written straight into one float32 buffer (summed
+        in float32 whatever the features' dtype), the softmax taken in it, the weighted values summed in
+        ``out``, then divided by the softmax's denominator once. No full-size temporary per key."""
+        m, hd, hk, h, w = q.shape
+        logits = self._work("logits", (len(keys), m, hd, h, w), q, torch.float32)
+        prod = self._work("prod", q.shape, q)
+        for k, (j, dy, dx) in enumerate(keys):
+            torch.sum(torch.mul(q, ks[j][..., dy:dy + h, dx:dx + w], out=prod), 2, dtype=torch.float32, out=logits[k])
+        logits.sub_(logits.amax(0)).exp_()  # softmax's numerator; the denominator divides once at the end
+        total = logits.sum(0).unsqueeze(2)  # [m, hd, 1, H, W]
+        attn = logits.unsqueeze(3)  # [keys, m, hd, 1, H, W]
+        for k, (j, dy, dx) in enumerate(keys):
+            v = vs[j][..., dy:dy + h, dx:dx + w]
+            if k == 0:
+                torch.mul(attn[0], v, out=out)
+            else:
+                out.addcmul_(attn[k], v)
+        out.div_(total)
+
+    @contextlib.contextmanager
+    def reusing_buffers(self):
+        """Within: the attention keeps its work buffers (every frame's padded keys and values, the scores)
+        from one call to the next instead of allocating them afresh (~110 MB a call at 320x180, which the C
+        heap hands back to the OS and faults in again page by page: ~15 % of the upscaler's time on a
+        2-core CPU). Released on exit (of the outermost, when nested). Values are the same either way."""
+        if getattr(self, "_work_store", None) is not None:
+            yield
+            return
+        self._work_store = {}
+        try:
+            yield
+        finally:
+            self._work_store = None
+
+    def _work(self, name: str, shape, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """An uninitialised ``shape`` buffer on ``like``'s device, in ``dtype`` (default ``like``'s): the one
+        kept as ``name`` inside :meth:`reusing_buffers` (remade when its shape or dtype changes), else fresh."""
+        dtype = dtype or like.dtype
+        store = getattr(self, "_work_store", None)
+        buf = None if store is None else store.get(name)
+        if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype or buf.device != like.device:
+            buf = like.new_empty(shape, dtype=dtype)
+            if store is not None:
+                store[name] = buf
+        return buf
+
+
+def _pointwise(x: Tensor, weight: Tensor, bias: Tensor, pad: int, out: Tensor | None = None) -> Tensor:
     """The 1x1 convolution ``weight`` ``[C', C]`` + ``bias`` of ``x`` ``[M, C, H, W]`` as one matmul, whose
     output is planar (NCHW) in either layout of ``x``, replicate-padded by ``pad`` pixels with the bias
-    added in the same pass. On a CPU the convolutions of a channels-last model return channels-last
-    tensors, on which the attention's per-pixel products stride over the channels (~3x slower)."""
+    added in the same pass (into ``out`` when given: ``[M, C', H + 2 pad, W + 2 pad]``, no grad). On a CPU
+    the convolutions of a channels-last model return channels-last tensors, on which the attention's
+    per-pixel products stride over the channels (~3x slower)."""
     m, _, h, w = x.shape
     y = torch.matmul(weight, x.flatten(2)).view(m, -1, h, w)
     bias = bias.to(y.dtype).view(-1, 1, 1)
-    if not pad:
+    if not pad and out is None:
         return y + bias
     if torch.is_grad_enabled():  # training: F.pad's gradient is one pass, the in-place copies' are not
         return F.pad(y + bias, (pad,) * 4, mode="replicate")
-    out = y.new_empty(m, y.shape[1], h + 2 * pad, w + 2 * pad)
+    out = y.new_empty(m, y.shape[1], h + 2 * pad, w + 2 * pad) if out is None else out
     torch.add(y, bias, out=out[:, :, pad:pad + h, pad:pad + w])
-    out[:, :, :pad, pad:pad + w] = out[:, :, pad:pad + 1, pad:pad + w]
-    out[:, :, pad + h:, pad:pad + w] = out[:, :, pad + h - 1:pad + h, pad:pad + w]
-    out[:, :, :, :pad] = out[:, :, :, pad:pad + 1]
-    out[:, :, :, pad + w:] = out[:, :, :, pad + w - 1:pad + w]
+    if pad:
+        out[:, :, :pad, pad:pad + w] = out[:, :, pad:pad + 1, pad:pad + w]
+        out[:, :, pad + h:, pad:pad + w] = out[:, :, pad + h - 1:pad + h, pad:pad + w]
+        out[:, :, :, :pad] = out[:, :, :, pad:pad + 1]
+        out[:, :, :, pad + w:] = out[:, :, :, pad + w - 1:pad + w]
     return out
 
 
