@@ -670,9 +670,10 @@ def _fake_rcc(files: dict[str, bytes], version: int = 2, flags: dict[str, int] |
 
 
 def _fake_sources(cache: Path, face: np.ndarray, ascent: np.ndarray, big: bytes, monkeypatch, webp=b"") -> None:
-    """Wheels, source archives and Debian packages named and laid out like the real ones, holding made-up images (no network);
-    ``big`` is the file behind every area-reduced photograph, ``webp`` behind every WebP one (inside a Qt
-    resource bundle, as GCompris keeps them), the source archives as PyPI serves them. The pinned sha256 become the fakes' own."""
+    """Wheels, source archives and Debian packages named and laid out like the real ones, holding made-up
+    images (no network); ``big`` is the file behind every area-reduced photograph, ``webp`` behind every WebP
+    one (inside a Qt resource bundle, as GCompris keeps them), the source archives as PyPI serves them. The
+    pinned sha256 become the fakes' own."""
     import bz2
     import hashlib
     import io

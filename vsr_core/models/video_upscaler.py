@@ -119,13 +119,14 @@ class TemporalWindowAttention(nn.Module):
         # A loop over the (frame, offset) pairs of the window reads shifted views of the padded keys and
         # values; unfolding them instead would copy every feature window**2 times (memory-bound, ~10x slower).
         keys = [(j, dy, dx) for j in range(2 * r + 1) for dy in range(win) for dx in range(win)]
+        grad = torch.is_grad_enabled()
         out = frames[0].new_empty(b, n - 2 * r, hd, hv, h, w)
         step = max(1, self.pixels_per_pass // (h * w))
-        attend = self._attend_train if torch.is_grad_enabled() else self._attend
+        attend = self._attend_train if grad else self._attend
         for b0 in range(0, b, step):
             part = [f[b0:b0 + step] for f in frames]
             m = part[0].shape[0]
-            dests = [None] * n if torch.is_grad_enabled() else \
+            dests = [None] * n if grad else \
                 self._work("kv", (n, m, hd * (hk + hv), h + 2 * p, w + 2 * p), part[0]).unbind(0)
             kv = [_pointwise(f, w_kv, b_kv, p, dest).view(m, hd, hk + hv, h + 2 * p, w + 2 * p)
                   for f, dest in zip(part, dests)]

