@@ -1,6 +1,7 @@
 """Warping by a flow and resizing flows between grids (vsr_core.flow.warp)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,28 @@ def test_resize_flow_scales_vectors_per_axis():
 def test_resize_flow_rejects_bad_arguments(size, kwargs):
     with pytest.raises(ValueError):
         resize_flow(torch.zeros(1, 2, 8, 8), size, **kwargs)
+
+
+@pytest.mark.parametrize("motion", ["pan", "zoom", "rotate", "mixed"])
+def test_view_flow_is_where_the_virtual_camera_moved_each_pixel(motion):
+    """The exact flow between two views of the virtual camera: warping the later view by it gives the
+    earlier one back (up to the views' own resampling and 8-bit rounding), half a pixel off does worse,
+    and on the x4 grid it is the full-resolution flow sampled at the low-resolution pixel centres, /4."""
+    from vsr_core.synthetic import camera_path, render_views, smooth_texture, view_flow
+
+    img = smooth_texture(300, 400, seed=1)
+    p = camera_path(8, motion, 1.0, seed=2)
+    v = torch.from_numpy(render_views(img, (128, 160), p)).float().permute(0, 3, 1, 2) / 255
+    flow = torch.from_numpy(view_flow(img.shape[:2], (128, 160), p[2], p[5])).float()[None]
+    inner = (Ellipsis, slice(32, -32), slice(32, -32))  # away from what moved in at the edges
+
+    def residual(f):
+        return (warp(v[5:6], f, mode="bilinear", padding_mode="border", align_corners=False) - v[2:3])[inner].abs().mean()
+
+    still = (v[5:6] - v[2:3])[inner].abs().mean()
+    assert residual(flow) < 0.25 * still and residual(flow) < 0.012, (residual(flow), still)
+    for off in ((0.5, 0.0), (0.0, 0.5), (-0.5, -0.5)):
+        assert residual(flow + torch.tensor(off).view(1, 2, 1, 1)) > residual(flow)
+    low = view_flow(img.shape[:2], (128, 160), p[2], p[5], scale=4)
+    assert low.shape == (2, 32, 40)
+    np.testing.assert_allclose(low[:, 3, 5] * 4, ((flow[0, :, 13, 21] + flow[0, :, 14, 22]) / 2).numpy(), atol=0.05)

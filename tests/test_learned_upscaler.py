@@ -194,6 +194,24 @@ def test_align_setting_is_checked_and_old_files_mean_none():
         VideoUpscalerConfig(align="raft")
 
 
+def test_full_resolution_flow_comes_with_the_weights_and_finds_sub_pixel_moves_more_precisely(tmp_path):
+    """flow_finest_scale=0: DIS ends at full resolution instead of at medium's half, so the sub-pixel
+    phases handed to the network are nearer the truth; the setting is the file's, and files from before it
+    keep the preset's own."""
+    assert VideoUpscalerConfig.from_dict({"channels": 8}).flow_finest_scale is None
+    with pytest.raises(ValueError, match="flow_finest_scale must be None or 0-4"):
+        VideoUpscalerConfig(flow_finest_scale=7)
+    plain, fine = _tiny(align="dis"), _tiny(align="dis", flow_finest_scale=0)
+    assert plain._flow_engine().params == {} and fine._flow_engine().params == {"finest_scale": 0}
+    for step in (0.7, 1.3):  # pans of a fraction of a pixel and of a pixel and a bit, per frame
+        frames = _panned_texture(3, step, 48, 64).permute(0, 3, 1, 2)
+        errors = [(m._flow_engine()(frames[1:2], frames[:1])[0] - step).abs()[:, 8:-8, 8:-8].mean().item()
+                  for m in (plain, fine)]
+        assert errors[1] < 0.6 * errors[0], (step, errors)
+    back = load_video_upscaler(save_video_upscaler(fine, tmp_path / "fine.safetensors"))
+    assert back.config.flow_finest_scale == 0 and back._flow_engine().params == {"finest_scale": 0}
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("align", ["none", "dis"])
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5])
@@ -222,12 +240,20 @@ def test_short_clips_and_single_frames_work():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("align", ["none", "dis"])
 def test_spatial_tiles_equal_one_pass(align, precision):
-    """The flows come from whole frames before tiling, so tiles stay exact with alignment too."""
+    """The flows come from whole frames before tiling, so tiles stay exact with alignment too. In bf16 on
+    a CPU with AMX, oneDNN picks its kernels by the tile's width and may round the bf16 residual of a few
+    pixels the other way: at most one bf16 step of it (2^-8 of the residual's range, under one 8-bit level)."""
     m = _tiny(num_blocks=2, align=align)
-    frames = torch.rand(5, 70, 90, 3) if align == "none" else _panned_texture(5, 2.5, 70, 90)
-    whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4, precision=precision), chunk=5)
-    tiled = upscale_frames(frames, 4, LearnedUpscaler(m, 4, tile=32, precision=precision), chunk=5)
-    assert torch.allclose(whole, tiled, atol=1e-5)
+    for seed in range(4):  # inputs of several seeds: the bf16 rounding differences showed on some only
+        torch.manual_seed(seed)
+        frames = torch.rand(5, 70, 90, 3) if align == "none" else _panned_texture(5, 2.5, 70, 90)
+        whole = upscale_frames(frames, 4, LearnedUpscaler(m, 4, precision=precision), chunk=5)
+        tiled = upscale_frames(frames, 4, LearnedUpscaler(m, 4, tile=32, precision=precision), chunk=5)
+        diff = (whole - tiled).abs()
+        if precision == "fp32":
+            assert diff.max() < 1e-5
+        else:
+            assert diff.max() <= 2 ** -8 + 1e-6 and (diff > 1e-5).float().mean() < 0.005, (seed, diff.max())
 
 
 def test_memory_of_a_chunk_grows_only_by_its_windows_and_output():
@@ -500,6 +526,17 @@ def test_bf16_training_learns_and_is_part_of_the_resumable_settings(tmp_path):
     torch.save(saved, tmp_path / "run" / "checkpoint.pt")
     report = tr.train(tr.TrainConfig(steps=2, **common), progress=False, on_exists="replace")
     assert report["steps"] == 2 and report["config"]["precision"] == "fp32"
+
+
+def test_training_flow_setting_is_the_files_and_part_of_the_resumable_settings(tmp_path):
+    import vsr_core.training.upscaler as tr
+
+    _, common = _one_texture_run(tmp_path)
+    common.update(align="dis", radius=1)
+    report = tr.train(tr.TrainConfig(steps=2, flow_finest_scale=0, **common), progress=False)
+    assert load_video_upscaler(report["weights"]).config.flow_finest_scale == 0
+    with pytest.raises(ValueError, match="flow_finest_scale"):  # resuming must keep the flow
+        tr.train(tr.TrainConfig(steps=2, **common), progress=False)
 
 
 def test_mse_training_minimises_the_squared_error_and_is_part_of_the_resumable_settings(tmp_path):

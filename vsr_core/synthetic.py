@@ -36,6 +36,20 @@ def camera_path(num_frames: int, motion: str = "mixed", amplitude: float = 1.0, 
     return params
 
 
+def _view_matrix(image_hw: tuple[int, int], out_hw: tuple[int, int], p) -> np.ndarray:
+    """3x3 map from an output pixel of the view with camera ``p`` = (dx, dy, zoom, angle) to the source
+    pixel it shows (pixel centres at integer coordinates, as OpenCV's warps have them)."""
+    import cv2
+
+    (H, W), (h, w) = image_hw, out_hw
+    dx, dy, zoom, angle = (float(v) for v in p)
+    # rotate/scale about the output centre, then move to the view centre
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0 / zoom)
+    m[0, 2] += (W - w) / 2.0 + dx
+    m[1, 2] += (H - h) / 2.0 + dy
+    return np.vstack([m, [0.0, 0.0, 1.0]])
+
+
 def render_views(image: np.ndarray, out_hw: tuple[int, int], params: np.ndarray) -> np.ndarray:
     """Render ``[T, h, w, 3]`` uint8 views of ``image`` (HxWx3 uint8 RGB) along a camera path.
 
@@ -44,17 +58,25 @@ def render_views(image: np.ndarray, out_hw: tuple[int, int], params: np.ndarray)
     """
     import cv2
 
-    H, W = image.shape[:2]
     h, w = out_hw
-    frames = []
-    for dx, dy, zoom, angle in params:
-        # output pixel -> source pixel: rotate/scale about the output centre, then move to the view centre
-        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), 1.0 / float(zoom))
-        m[0, 2] += (W - w) / 2.0 + dx
-        m[1, 2] += (H - h) / 2.0 + dy
-        frames.append(cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                                     borderMode=cv2.BORDER_REFLECT101))
+    frames = [cv2.warpAffine(image, _view_matrix(image.shape[:2], out_hw, p)[:2], (w, h),
+                             flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101)
+              for p in params]
     return np.stack(frames)
+
+
+def view_flow(image_hw: tuple[int, int], out_hw: tuple[int, int], src, dst, scale: int = 1) -> np.ndarray:
+    """The exact optical flow ``[2, h/scale, w/scale]`` (x, y) from the view with camera ``src`` to the one
+    with camera ``dst`` (rows of :func:`camera_path`, views of an ``image_hw`` image as
+    :func:`render_views` makes them at ``out_hw``): where each pixel's scene point is in the other view.
+    ``scale`` > 1: on the grid of their bicubic x1/scale (pixel centres at ``(i + 0.5) * scale - 0.5``), in
+    low-resolution pixels: the truth an optical flow on the low-resolution frames should find."""
+    h, w = out_hw[0] // scale, out_hw[1] // scale
+    a = np.linalg.inv(_view_matrix(image_hw, out_hw, dst)) @ _view_matrix(image_hw, out_hw, src)
+    x, y = np.meshgrid((np.arange(w) + 0.5) * scale - 0.5, (np.arange(h) + 0.5) * scale - 0.5)
+    fx = a[0, 0] * x + a[0, 1] * y + a[0, 2] - x  # affine views: no perspective row
+    fy = a[1, 0] * x + a[1, 1] * y + a[1, 2] - y
+    return np.stack([fx, fy]) / scale
 
 
 def bicubic_downscale(frames: torch.Tensor, scale: int) -> torch.Tensor:

@@ -8,7 +8,9 @@ SATeCo §3, "video upscaler"). This is a small member of that family sized for a
    (weight-free, on the CPU), and the sub-pixel remainder goes with it as two input channels, so the
    window below looks at the same scene point in every frame however far the camera moved, and knows
    at which sub-pixel phase each frame sampled it. ``"none"`` (files trained before alignment) leaves
-   the frames as they are.
+   the frames as they are. The phases are only as good as the flow: ``flow_finest_scale=0`` (the
+   shipped weights) runs DIS down to full resolution, which halves its error on the held-out clips
+   against the medium preset's half-resolution finish (``bench/flow_precision.py``).
 1. ``conv_in``: per-frame features (``channels``) of every frame of a centre's (aligned) window.
 2. ``attn`` (:class:`TemporalWindowAttention`): for every pixel of the centre frame, attention over a
    ``window x window`` neighbourhood in each of the ``2*radius + 1`` frames of its temporal window
@@ -51,11 +53,16 @@ class VideoUpscalerConfig:
     scales: tuple[int, ...] = (2, 4)
     align: str = "none"  # "dis": neighbours moved by the whole-pixel DIS flow, the sub-pixel phase as input
     flow_preset: str = "medium"  # the DIS preset the weights were trained with
+    # the finest pyramid level of that DIS (0: full resolution, twice as precise as medium's own 1 on the
+    # held-out clips, ~3x its time); None: the preset's own. Also fixed by the weights' training.
+    flow_finest_scale: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.align not in ALIGN_MODES:
             raise ValueError(f"VideoUpscaler align must be one of {ALIGN_MODES}, got {self.align!r}")
+        if self.flow_finest_scale is not None and not 0 <= int(self.flow_finest_scale) <= 4:
+            raise ValueError(f"VideoUpscaler flow_finest_scale must be None or 0-4, got {self.flow_finest_scale!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VideoUpscalerConfig":
@@ -274,7 +281,8 @@ class VideoUpscaler(nn.Module):
         if getattr(self, "_dis", None) is None:
             from ..flow import DISEngine
 
-            self._dis = DISEngine(self.config.flow_preset)
+            fs = self.config.flow_finest_scale
+            self._dis = DISEngine(self.config.flow_preset, **({} if fs is None else {"finest_scale": int(fs)}))
         return self._dis
 
     @property

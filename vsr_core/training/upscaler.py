@@ -49,6 +49,7 @@ class TrainConfig:
     window: int = 3
     align: str = "none"  # stage 1 of the shipped recipe; stages 2-4 are "dis" (aligned neighbours + sub-pixel phase)
     flow_preset: str = "medium"
+    flow_finest_scale: int | None = None  # DIS's finest pyramid level (0: full resolution); None: the preset's
     init: str = ""  # start from these weights (same architecture) instead of random ones
     fetch: bool = True
     threads: int = 0
@@ -64,7 +65,8 @@ class TrainConfig:
     def model_config(self) -> VideoUpscalerConfig:
         return VideoUpscalerConfig(channels=self.channels, num_blocks=self.blocks, radius=self.radius,
                                    window=self.window, attn_channels=max(8, self.channels // 2),
-                                   heads=2, scales=(2, 4), align=self.align, flow_preset=self.flow_preset)
+                                   heads=2, scales=(2, 4), align=self.align, flow_preset=self.flow_preset,
+                                   flow_finest_scale=self.flow_finest_scale)
 
 
 def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -110,8 +112,8 @@ def export_file(path: Path, write, on_exists: str = "error") -> Path:
 
 def _resumable(saved: dict, cfg: TrainConfig) -> None:
     keep = ("steps", "batch", "lr_patch", "lr", "warmup", "seed", "degradation", "max_motion", "max_zoom",
-            "max_rotation", "resample", "channels", "blocks", "radius", "window", "align", "flow_preset", "init",
-            "precision", "loss", "synthetic")
+            "max_rotation", "resample", "channels", "blocks", "radius", "window", "align", "flow_preset",
+            "flow_finest_scale", "init", "precision", "loss", "synthetic")
     was = {k: saved["config"].get(k, getattr(TrainConfig, k)) for k in keep}  # a key added later: its default
     diff = {k: (was[k], getattr(cfg, k)) for k in keep if was[k] != getattr(cfg, k)}
     if diff:
@@ -132,7 +134,7 @@ def _initialise(model: VideoUpscaler, path: str) -> dict:
 
     source = load_video_upscaler(path)
     mine, theirs = model.config.to_dict(), source.config.to_dict()
-    free = ("align", "flow_preset", "num_blocks", "radius")
+    free = ("align", "flow_preset", "flow_finest_scale", "num_blocks", "radius")
     differ = {k: (theirs[k], mine[k]) for k in mine
               if (mine[k] != theirs[k] and k not in free) or (k == "num_blocks" and mine[k] < theirs[k])}
     if differ:
@@ -201,6 +203,7 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, on_exi
     torch.manual_seed(cfg.seed)
     model = VideoUpscaler(cfg.model_config())
     init_recipe = _initialise(model, cfg.init) if cfg.init else None
+    model.to(memory_format=torch.channels_last)  # oneDNN's convolutions and their gradients are faster so on a CPU
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     ckpt_path = workdir / "checkpoint.pt"
     step, losses = 0, []
@@ -307,6 +310,9 @@ def add_arguments(p) -> None:
                    help="dis: move the neighbours onto the centre frame by the whole-pixel DIS flow and hand the "
                         "sub-pixel remainder to the network; none: leave them (the shipped weights)")
     p.add_argument("--flow-preset", dest="flow_preset", default=d.flow_preset, choices=("ultrafast", "fast", "medium"))
+    p.add_argument("--flow-finest-scale", dest="flow_finest_scale", type=int, default=d.flow_finest_scale,
+                   help="DIS's finest pyramid level: 0 = full resolution (more precise sub-pixel phases, ~3x the "
+                        "flow time); default: the preset's own")
     p.add_argument("--init", default=d.init, help="start from these learned-upscaler weights (same architecture)")
     p.add_argument("--no-fetch", dest="fetch", action="store_false", help="never download the photographs")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
