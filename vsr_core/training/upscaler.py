@@ -308,7 +308,8 @@ def add_arguments(p) -> None:
     p.add_argument("--window", type=int, default=d.window, help="attention neighbourhood side (odd)")
     p.add_argument("--align", default=d.align, choices=("dis", "none"),
                    help="dis: move the neighbours onto the centre frame by the whole-pixel DIS flow and hand the "
-                        "sub-pixel remainder to the network; none: leave them (the shipped weights)")
+                        "sub-pixel remainder to the network; none: leave them (stage 1 of the shipped recipe; "
+                        "the shipped weights use dis)")
     p.add_argument("--flow-preset", dest="flow_preset", default=d.flow_preset, choices=("ultrafast", "fast", "medium"))
     p.add_argument("--flow-finest-scale", dest="flow_finest_scale", type=int, default=d.flow_finest_scale,
                    help="DIS's finest pyramid level: 0 = full resolution (more precise sub-pixel phases, ~3x the "
