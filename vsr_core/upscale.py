@@ -87,8 +87,9 @@ class LearnedUpscaler:
     fp32); ``"auto"``: bf16 on a CPU that computes it natively (AVX512-BF16/AMX, see
     :func:`vsr_core.speed.native_bf16_cpu`) where a one-time probe of one residual block finds it faster
     (:func:`vsr_core.speed.bf16_autocast_pays_off`; ``VSR_CPU_BF16=0`` keeps fp32, ``1`` skips the probe),
-    fp32 elsewhere. bf16 scores as fp32 on the held-out clips; it takes 0.56-0.70x fp32's time on an AMD
-    EPYC with AVX512-BF16 and 1.2x on an Intel Xeon without AMX (README.md, Speed).
+    fp32 elsewhere. bf16 scored as fp32 on the held-out clips up to stage 8, but with the stage-20 weights
+    it loses 0.04 dB at x4 and raises the warping error 1.50 -> 1.58; it takes 0.56-0.70x fp32's time on an
+    AMD EPYC with AVX512-BF16, 1.2x on an Intel Xeon without AMX and 0.8x on one with AMX (README.md, Speed).
 
     The network sees one centre frame's window per call (the flows of the whole chunk are computed first).
     Its activations are per-window anyway (every layer maps each window on its own, so the result is the
